@@ -1,0 +1,223 @@
+"""Configs of the built-in processors and selectors, registered through the same hooks as plugins."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import Field, NonNegativeInt, field_validator
+
+from decoders import processors as p
+from decoders import selectors as s
+from decoders.config import ProcessorConfig, SelectorConfig
+from decoders.hookspecs import hookimpl
+
+MinTokensToKeep = Annotated[int, Field(ge=1, description="always keep at least this many of the most likely tokens")]
+
+
+class TemperatureConfig(ProcessorConfig):
+    """Divide logits by a temperature (< 1 sharper, > 1 flatter)."""
+
+    kind: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0, description="> 0; for temperature 0 use the greedy selector")
+
+    def build(self):
+        return p.Temperature(self.temperature)
+
+
+class TopKConfig(ProcessorConfig):
+    """Keep the k most likely tokens (ties with the k-th survive)."""
+
+    kind: Literal["top_k"] = "top_k"
+    top_k: int = Field(ge=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.TopK(self.top_k, self.min_tokens_to_keep)
+
+
+class TopPConfig(ProcessorConfig):
+    """Nucleus: keep the smallest set of likely tokens with mass ≥ top_p."""
+
+    kind: Literal["top_p"] = "top_p"
+    top_p: float = Field(gt=0, le=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.TopP(self.top_p, self.min_tokens_to_keep)
+
+
+class MinPConfig(ProcessorConfig):
+    """Keep tokens with probability ≥ min_p × the top probability."""
+
+    kind: Literal["min_p"] = "min_p"
+    min_p: float = Field(ge=0, le=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.MinP(self.min_p, self.min_tokens_to_keep)
+
+
+class TypicalPConfig(ProcessorConfig):
+    """Locally typical sampling: keep the most typical tokens up to typical_p mass."""
+
+    kind: Literal["typical_p"] = "typical_p"
+    typical_p: float = Field(gt=0, le=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.TypicalP(self.typical_p, self.min_tokens_to_keep)
+
+
+class EpsilonCutoffConfig(ProcessorConfig):
+    """Remove tokens with probability below epsilon_cutoff."""
+
+    kind: Literal["epsilon_cutoff"] = "epsilon_cutoff"
+    epsilon_cutoff: float = Field(gt=0, lt=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.EpsilonCutoff(self.epsilon_cutoff, self.min_tokens_to_keep)
+
+
+class EtaCutoffConfig(ProcessorConfig):
+    """Remove tokens below min(η, √η·exp(−entropy))."""
+
+    kind: Literal["eta_cutoff"] = "eta_cutoff"
+    eta_cutoff: float = Field(gt=0, lt=1)
+    min_tokens_to_keep: MinTokensToKeep = 1
+
+    def build(self):
+        return p.EtaCutoff(self.eta_cutoff, self.min_tokens_to_keep)
+
+
+class TopNSigmaConfig(ProcessorConfig):
+    """Keep logits within n standard deviations of the maximum."""
+
+    kind: Literal["top_n_sigma"] = "top_n_sigma"
+    top_n_sigma: float = Field(gt=0)
+
+    def build(self):
+        return p.TopNSigma(self.top_n_sigma)
+
+
+class RepetitionPenaltyConfig(ProcessorConfig):
+    """Penalise tokens already in the sequence (prompt included)."""
+
+    kind: Literal["repetition_penalty"] = "repetition_penalty"
+    repetition_penalty: float = Field(gt=0, description="> 1 discourages repetition")
+
+    def build(self):
+        return p.RepetitionPenalty(self.repetition_penalty)
+
+
+class PresenceFrequencyConfig(ProcessorConfig):
+    """Subtract presence and per-occurrence frequency penalties (generated tokens)."""
+
+    kind: Literal["presence_frequency"] = "presence_frequency"
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int | None = Field(default=None, ge=1, description="count only the last n generated tokens")
+
+    def build(self):
+        return p.PresenceFrequency(self.presence_penalty, self.frequency_penalty, self.penalty_last_n)
+
+
+class NoRepeatNGramConfig(ProcessorConfig):
+    """Forbid tokens that would repeat an n-gram."""
+
+    kind: Literal["no_repeat_ngram"] = "no_repeat_ngram"
+    no_repeat_ngram_size: int = Field(ge=1)
+
+    def build(self):
+        return p.NoRepeatNGram(self.no_repeat_ngram_size)
+
+
+class MinNewTokensConfig(ProcessorConfig):
+    """Forbid end-of-sequence until min_new_tokens were generated."""
+
+    kind: Literal["min_new_tokens"] = "min_new_tokens"
+    min_new_tokens: int = Field(ge=0)
+    eos_token_id: NonNegativeInt | list[NonNegativeInt] | None = Field(default=None, description="default: the model's")
+
+    def build(self):
+        return p.MinNewTokens(self.min_new_tokens, self.eos_token_id)
+
+
+class LogitBiasConfig(ProcessorConfig):
+    """Add a bias to chosen token ids (-inf bans a token)."""
+
+    model_config = ProcessorConfig.model_config | {"allow_inf_nan": True}
+
+    kind: Literal["logit_bias"] = "logit_bias"
+    logit_bias: dict[NonNegativeInt, float] = Field(min_length=1)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_nan_or_positive_inf(cls, value: dict[int, float]) -> dict[int, float]:
+        for token, bias in value.items():
+            if math.isnan(bias) or bias == math.inf:
+                raise ValueError(f"bias of token {token} is {bias}; use a finite number, or -inf to ban the token")
+        return value
+
+    def build(self):
+        return p.LogitBias(self.logit_bias)
+
+
+class BadWordsConfig(ProcessorConfig):
+    """Forbid token sequences (lists of token ids)."""
+
+    kind: Literal["bad_words"] = "bad_words"
+    bad_words_ids: list[Annotated[list[NonNegativeInt], Field(min_length=1)]] = Field(min_length=1)
+
+    def build(self):
+        return p.BadWords(self.bad_words_ids)
+
+
+class GreedyConfig(SelectorConfig):
+    """Pick the most likely token (argmax)."""
+
+    kind: Literal["greedy"] = "greedy"
+
+    def build(self):
+        return s.Greedy()
+
+
+class SampleConfig(SelectorConfig):
+    """Draw from the processed distribution with the row's seeded generator."""
+
+    kind: Literal["sample"] = "sample"
+
+    def build(self):
+        return s.Sample()
+
+
+PROCESSOR_CONFIGS = (
+    TemperatureConfig,
+    TopKConfig,
+    TopPConfig,
+    MinPConfig,
+    TypicalPConfig,
+    EpsilonCutoffConfig,
+    EtaCutoffConfig,
+    TopNSigmaConfig,
+    RepetitionPenaltyConfig,
+    PresenceFrequencyConfig,
+    NoRepeatNGramConfig,
+    MinNewTokensConfig,
+    LogitBiasConfig,
+    BadWordsConfig,
+)
+SELECTOR_CONFIGS = (GreedyConfig, SampleConfig)
+
+
+@hookimpl
+def decoders_register_processors(register):
+    for config in PROCESSOR_CONFIGS:
+        register(config)
+
+
+@hookimpl
+def decoders_register_selectors(register):
+    for config in SELECTOR_CONFIGS:
+        register(config)

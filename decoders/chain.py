@@ -1,0 +1,125 @@
+"""A built strategy: an ordered list of processors followed by one selector.
+
+The chain keeps scores dense (``[B, V]``) until a truncation can hand over a candidate set (``[B, k]``
+values and token ids); from then on, processors that support candidate sets work on ``k`` columns instead
+of ``V``, and the rest see a dense tensor rebuilt for them. Both paths give the same processed scores and,
+from the same generators, the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from decoders.errors import NonFiniteLogitsError
+from decoders.processors.base import Candidates, DecodeContext, Processor
+from decoders.selectors import Selector
+
+Scores = torch.Tensor | Candidates
+#: called as ``observer(index, processor, before, after)`` for each processor, when tracing
+Observer = Callable[[int, Processor, Scores, Scores], None]
+
+
+def _values(scores: Scores) -> torch.Tensor:
+    return scores.values if isinstance(scores, Candidates) else scores
+
+
+def check_scores(scores: Scores, where: str) -> None:
+    """Raise :class:`NonFiniteLogitsError` if a row has NaN, +inf, or no finite value left.
+
+    Costs one reduction over the scores (a ``[B, k]`` one for a candidate set).
+    """
+    row_max = _values(scores).amax(dim=-1)
+    if bool(torch.isfinite(row_max).all()):
+        return
+    row = int((~torch.isfinite(row_max)).nonzero()[0])
+    value = float(row_max[row])
+    if value != value:
+        problem = "contain NaN"
+    elif value > 0:
+        problem = "contain +inf"
+    else:
+        problem = "have every token removed (all -inf)"
+    raise NonFiniteLogitsError(
+        f"the logits {where} {problem} in batch row {row}. "
+        "Check the model's dtype (float16 on CPU overflows), the inputs, and processors that remove or bias tokens."
+    )
+
+
+class Chain:
+    """Processors in order, then a selector. Built by :meth:`decoders.Strategy.build`.
+
+    Args:
+        processors: processors, run in the order given.
+        selector: the selector that picks one token per row.
+        use_candidates: allow the candidate-set fast path (the result is the same either way).
+
+    Example:
+        >>> from decoders.processors import Temperature, TopK
+        >>> from decoders.selectors import Greedy
+        >>> chain = Chain([Temperature(0.7), TopK(2)], Greedy())
+        >>> chain.select(torch.zeros(1, 0, dtype=torch.long), torch.tensor([[0.0, 3.0, 1.0]]))
+        tensor([1])
+    """
+
+    def __init__(self, processors: Sequence[Processor], selector: Selector, *, use_candidates: bool = True):
+        self.processors = list(processors)
+        self.selector = selector
+        self.use_candidates = use_candidates
+
+    def reset(self, context: DecodeContext | None = None) -> None:
+        """Start a new generation: pass the context to every processor (stateful ones clear their state)."""
+        context = context or DecodeContext()
+        for processor in self.processors:
+            processor.reset(context)
+
+    def accept(self, tokens: torch.LongTensor) -> None:
+        """Tell every processor which tokens ``[B]`` were just selected."""
+        for processor in self.processors:
+            processor.accept(tokens)
+
+    def _name(self, index: int) -> str:
+        if index < len(self.processors):
+            return f"processor #{index + 1} '{self.processors[index].kind}'"
+        return f"selector '{self.selector.kind}'"
+
+    def run(self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None = None) -> Scores:
+        """Run the processors; the result is dense or a candidate set. ``observer`` sees every stage."""
+        check_scores(logits, f"given to {self._name(0)}")
+        scores: Scores = logits
+        for index, processor in enumerate(self.processors):
+            before = scores
+            if isinstance(scores, Candidates):
+                if processor.supports_candidates:
+                    scores = processor.process_candidates(input_ids, scores)
+                else:
+                    scores = processor.process(input_ids, scores.to_dense())
+            else:
+                fast = processor.to_candidates(input_ids, scores) if self.use_candidates else None
+                scores = fast if fast is not None else processor.process(input_ids, scores)
+            check_scores(scores, f"returned by {self._name(index)}")
+            if observer is not None:
+                observer(index, processor, before, scores)
+        return scores
+
+    def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        """Processed scores, dense ``[B, V]`` (``-inf`` for removed tokens)."""
+        scores = self.run(input_ids, logits)
+        return scores.to_dense() if isinstance(scores, Candidates) else scores
+
+    def choose(self, scores: Scores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+        """Run the selector on processed scores (dense or candidate set)."""
+        if isinstance(scores, Candidates):
+            return self.selector.select_candidates(scores, generators)
+        return self.selector.select(scores, generators)
+
+    def select(
+        self, input_ids: torch.LongTensor, logits: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.LongTensor:
+        """Process ``logits`` and pick one token per row: ids ``[B]``."""
+        return self.choose(self.run(input_ids, logits), generators)
+
+    def __repr__(self) -> str:
+        steps = " → ".join([repr(p) for p in self.processors] + [repr(self.selector)])
+        return f"Chain({steps})"

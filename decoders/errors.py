@@ -1,0 +1,21 @@
+"""Exceptions raised by decoders. Every message names what is wrong and what to do about it."""
+
+
+class DecodersError(Exception):
+    """Base class of every error decoders raises on purpose."""
+
+
+class NonFiniteLogitsError(DecodersError, ValueError):
+    """Logits contain NaN (or a row has no finite value), so no distribution can be formed."""
+
+
+class PluginError(DecodersError):
+    """A plugin failed to load, failed to register, or clashed with another plugin."""
+
+
+class ModelLoadError(DecodersError):
+    """A model could not be loaded; the message lists what was tried."""
+
+
+class GenerationError(DecodersError, ValueError):
+    """Bad input to generation: an empty prompt, a prompt too long for the model, a bad length."""

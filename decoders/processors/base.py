@@ -1,0 +1,114 @@
+"""The processor contract, the candidate-set representation, and the per-generation context.
+
+A processor maps ``(input_ids [B, T], logits [B, V]) -> logits [B, V]`` out of place. Removed tokens are
+``-inf``; every row keeps at least one finite value. Processors may also work on a *candidate set*: the
+``[B, k]`` values and token ids of the only tokens that can still be chosen (every other token is ``-inf``).
+Working on candidates instead of the whole vocabulary is where decoders gets its speed; the dense result
+(``Candidates.to_dense``) is the same as running the dense path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The tokens still in play for each row: values and token ids, shape ``[B, k]`` each.
+
+    Entries that are ``-inf`` are padding (removed tokens). ``sorted_desc`` records that values are
+    sorted in descending order along each row, which truncations use to avoid sorting again.
+
+    Args:
+        values: candidate logits ``[B, k]``.
+        ids: token ids of the candidates ``[B, k]`` (int64).
+        vocab_size: size ``V`` of the full vocabulary, for :meth:`to_dense`.
+        sorted_desc: whether ``values`` are sorted descending along the last dimension.
+    """
+
+    values: torch.Tensor
+    ids: torch.Tensor
+    vocab_size: int
+    sorted_desc: bool = False
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``[B, V]`` logits this candidate set stands for (``-inf`` outside the set)."""
+        dense = self.values.new_full((self.values.shape[0], self.vocab_size), float("-inf"))
+        return dense.scatter(1, self.ids, self.values)
+
+    def with_values(self, values: torch.Tensor, *, still_sorted: bool = False) -> "Candidates":
+        """The same tokens with new values (sorted order is kept only if the caller says so)."""
+        return Candidates(values, self.ids, self.vocab_size, self.sorted_desc and still_sorted)
+
+    def sorted(self) -> "Candidates":
+        """This set with values in descending order (no work if already sorted)."""
+        if self.sorted_desc:
+            return self
+        values, order = torch.sort(self.values, dim=-1, descending=True, stable=True)
+        return Candidates(values, self.ids.gather(1, order), self.vocab_size, True)
+
+
+@dataclass
+class DecodeContext:
+    """What a processor may need to know about the generation it is part of.
+
+    The driver passes one to :meth:`Processor.reset` at the start of each generation.
+
+    Args:
+        prompt_length: number of columns of ``input_ids`` that belong to the (left-padded) prompt;
+            generated tokens start at this column.
+        eos_token_ids: the model's end-of-sequence token ids.
+        tokenizer: the model's tokenizer, when there is one (processors that take strings need it).
+        generators: one ``torch.Generator`` per row, for processors that draw random numbers.
+    """
+
+    prompt_length: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+    tokenizer: Any = None
+    generators: list[torch.Generator] | None = field(default=None)
+
+
+class Processor:
+    """Base class of logits processors.
+
+    Subclasses implement :meth:`process` (dense). They may also implement :meth:`process_candidates`
+    (set ``supports_candidates = True``) and :meth:`to_candidates` (for truncations that can bound the
+    survivors without a full-vocabulary pass). Stateful processors override :meth:`reset` and
+    :meth:`accept`.
+    """
+
+    #: the config ``kind`` this processor was built from (set by subclasses)
+    kind: str = "processor"
+    #: whether :meth:`process_candidates` is implemented
+    supports_candidates: bool = False
+    #: the generation this processor is part of (replaced by :meth:`reset`)
+    context: DecodeContext = DecodeContext()
+
+    def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        """Return processed logits ``[B, V]``, same dtype, never modifying ``logits``."""
+        raise NotImplementedError
+
+    def process_candidates(self, input_ids: torch.LongTensor, candidates: Candidates) -> Candidates:
+        """Return the processed candidate set (only called when ``supports_candidates``)."""
+        raise NotImplementedError
+
+    def to_candidates(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> Candidates | None:
+        """Process dense logits straight into a candidate set, or return None to use :meth:`process`."""
+        return None
+
+    def reset(self, context: DecodeContext) -> None:
+        """Start a new generation (clear any state). Default: remember the context."""
+        self.context = context
+
+    def accept(self, tokens: torch.LongTensor) -> None:
+        """Observe the tokens ``[B]`` just selected (for stateful processors). Default: nothing."""
+
+    def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.process(input_ids, logits)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "context")
+        return f"{type(self).__name__}({params})"

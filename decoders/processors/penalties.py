@@ -1,0 +1,140 @@
+"""Penalties on tokens already seen: repetition, presence/frequency, and no-repeat n-grams."""
+
+from __future__ import annotations
+
+import torch
+
+from decoders.processors.base import Processor
+
+NEG_INF = float("-inf")
+
+
+def _membership(candidate_ids: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """``[B, k]`` count of how often each candidate id occurs in its row of ``sequence [B, T]``."""
+    if sequence.shape[-1] == 0:
+        return torch.zeros_like(candidate_ids)
+    return (candidate_ids.unsqueeze(-1) == sequence.unsqueeze(1)).sum(dim=-1)
+
+
+class RepetitionPenalty(Processor):
+    """Penalise every token already in the sequence, prompt included (CTRL's repetition penalty).
+
+    A seen token's logit is multiplied by ``repetition_penalty`` when negative and divided by it otherwise.
+
+    Args:
+        repetition_penalty: > 0; above 1 discourages repetition, below 1 encourages it.
+
+    Example:
+        >>> RepetitionPenalty(2.0).process(torch.tensor([[0, 1]]), torch.tensor([[2.0, -2.0, 2.0]]))
+        tensor([[ 1., -4.,  2.]])
+    """
+
+    kind = "repetition_penalty"
+    supports_candidates = True
+
+    def __init__(self, repetition_penalty: float):
+        self.repetition_penalty = float(repetition_penalty)
+
+    def _penalise(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.where(values < 0, values * self.repetition_penalty, values / self.repetition_penalty)
+
+    def process(self, input_ids, logits):
+        if input_ids.shape[-1] == 0:
+            return logits.clone()
+        seen = logits.gather(1, input_ids)
+        return logits.scatter(1, input_ids, self._penalise(seen))
+
+    def process_candidates(self, input_ids, candidates):
+        seen = _membership(candidates.ids, input_ids) > 0
+        values = torch.where(seen, self._penalise(candidates.values), candidates.values)
+        return candidates.with_values(values)
+
+
+class PresenceFrequency(Processor):
+    """OpenAI/llama.cpp presence and frequency penalties over the generated tokens.
+
+    ``logit -= count * frequency_penalty + (count > 0) * presence_penalty``, where ``count`` is how often the
+    token occurs among the generated tokens (the last ``penalty_last_n`` of them, if set). The prompt is not
+    counted.
+
+    Args:
+        presence_penalty: subtracted once from every token that occurred.
+        frequency_penalty: subtracted once per occurrence.
+        penalty_last_n: only count the last this many generated tokens (all when None).
+
+    Example:
+        >>> p = PresenceFrequency(presence_penalty=1.0, frequency_penalty=0.5)
+        >>> p.process(torch.tensor([[2, 2]]), torch.zeros(1, 3))
+        tensor([[ 0.,  0., -2.]])
+    """
+
+    kind = "presence_frequency"
+    supports_candidates = True
+
+    def __init__(self, presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int | None = None):
+        self.presence_penalty = float(presence_penalty)
+        self.frequency_penalty = float(frequency_penalty)
+        self.penalty_last_n = penalty_last_n
+
+    def _generated(self, input_ids: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.context.prompt_length :]
+        if self.penalty_last_n is not None:
+            generated = generated[:, -self.penalty_last_n :] if self.penalty_last_n > 0 else generated[:, :0]
+        return generated
+
+    def _penalty(self, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        counts = counts.to(dtype)
+        return counts * self.frequency_penalty + (counts > 0).to(dtype) * self.presence_penalty
+
+    def process(self, input_ids, logits):
+        generated = self._generated(input_ids)
+        counts = torch.zeros_like(logits, dtype=torch.int64).scatter_add(1, generated, torch.ones_like(generated))
+        return logits - self._penalty(counts, logits.dtype)
+
+    def process_candidates(self, input_ids, candidates):
+        counts = _membership(candidates.ids, self._generated(input_ids))
+        return candidates.with_values(candidates.values - self._penalty(counts, candidates.values.dtype))
+
+
+class NoRepeatNGram(Processor):
+    """Forbid any token that would complete an n-gram already present in the sequence.
+
+    Args:
+        no_repeat_ngram_size: n ≥ 1 (1 forbids every token already in the sequence).
+
+    Example:
+        >>> NoRepeatNGram(2).process(torch.tensor([[0, 1, 0]]), torch.zeros(1, 3))
+        tensor([[0., -inf, 0.]])
+    """
+
+    kind = "no_repeat_ngram"
+    supports_candidates = True
+
+    def __init__(self, no_repeat_ngram_size: int):
+        self.no_repeat_ngram_size = int(no_repeat_ngram_size)
+
+    def _banned(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """``[B, W]`` banned token ids per row; ``vocab_size`` marks "nothing banned" in a slot."""
+        n = self.no_repeat_ngram_size
+        length = input_ids.shape[-1]
+        windows = input_ids.unfold(dimension=1, size=n, step=1)
+        prefix = input_ids[:, length + 1 - n :]
+        matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+        return torch.where(matches, windows[..., -1].clamp(max=vocab_size), vocab_size)
+
+    def process(self, input_ids, logits):
+        if input_ids.shape[-1] < self.no_repeat_ngram_size:
+            return logits.clone()
+        vocab_size = logits.shape[-1]
+        mask = logits.new_zeros((logits.shape[0], vocab_size + 1), dtype=torch.bool)
+        mask.scatter_(1, self._banned(input_ids, vocab_size), True)
+        return logits.masked_fill(mask[:, :vocab_size], NEG_INF)
+
+    def process_candidates(self, input_ids, candidates):
+        if input_ids.shape[-1] < self.no_repeat_ngram_size:
+            return candidates
+        banned = _membership(candidates.ids, self._banned(input_ids, candidates.vocab_size)) > 0
+        return candidates.with_values(candidates.values.masked_fill(banned, NEG_INF))
+
+
+__all__ = ["RepetitionPenalty", "PresenceFrequency", "NoRepeatNGram"]

@@ -1,0 +1,272 @@
+"""Temperature and the truncation samplers: top-k, top-p, min-p, typical, epsilon, eta, top-nσ.
+
+Each dense rule gives the same scores as the transformers warper of the same name (llama.cpp's rule for
+top-nσ); see SEMANTICS.md. Every rule here depends only on the finite values of a row, so each also runs
+unchanged on a candidate set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decoders.processors.base import Candidates, Processor
+
+NEG_INF = float("-inf")
+
+
+class ValueProcessor(Processor):
+    """A processor whose rule sees only a row's values, never token ids.
+
+    Such a rule gives the same result on a candidate set's values as on the dense row (tokens outside the
+    set are ``-inf`` and carry no probability), so the candidate path simply reuses :meth:`process`.
+    """
+
+    supports_candidates = True
+    #: whether the rule keeps the descending order of values (it only divides or removes the smallest)
+    keeps_order = False
+
+    def process_candidates(self, input_ids: torch.LongTensor, candidates: Candidates) -> Candidates:
+        values = self.process(input_ids, candidates.values)
+        return candidates.with_values(values, still_sorted=self.keeps_order)
+
+
+class Temperature(ValueProcessor):
+    """Divide logits by ``temperature`` (transformers ``TemperatureLogitsWarper``).
+
+    Args:
+        temperature: strictly positive; below 1 sharpens, above 1 flattens.
+
+    Example:
+        >>> Temperature(0.5).process(None, torch.tensor([[1.0, 2.0]]))
+        tensor([[2., 4.]])
+    """
+
+    kind = "temperature"
+    keeps_order = True
+
+    def __init__(self, temperature: float):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}; temperature 0 is greedy: use the greedy selector")
+        self.temperature = float(temperature)
+
+    def process(self, input_ids, logits):
+        return logits / self.temperature
+
+
+class TopK(ValueProcessor):
+    """Keep the ``top_k`` largest logits of each row; ties with the k-th largest survive.
+
+    Args:
+        top_k: how many tokens to keep (at least 1).
+        min_tokens_to_keep: a floor on ``top_k``.
+
+    Example:
+        >>> TopK(2).process(None, torch.tensor([[1.0, 3.0, 2.0, 3.0]]))
+        tensor([[-inf, 3., -inf, 3.]])
+    """
+
+    kind = "top_k"
+    keeps_order = True
+
+    def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
+        self.top_k = max(int(top_k), int(min_tokens_to_keep))
+
+    def process(self, input_ids, logits):
+        k = min(self.top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, NEG_INF)
+
+    def process_candidates(self, input_ids, candidates):
+        if candidates.values.shape[-1] <= self.top_k:
+            return candidates
+        return super().process_candidates(input_ids, candidates)
+
+    def to_candidates(self, input_ids, logits):
+        vocab_size = logits.shape[-1]
+        width = self.top_k + max(8, self.top_k // 4)
+        if width >= vocab_size:
+            return None
+        values, ids = torch.topk(logits, width, dim=-1)
+        kth = values[:, self.top_k - 1 : self.top_k]
+        if bool((values[:, -1:] >= kth).any()):
+            return None  # ties with the k-th value reach past the margin: let the dense rule decide
+        keep = values >= kth
+        kept = int(keep.sum(dim=-1).max())
+        values = values.masked_fill(~keep, NEG_INF)
+        return Candidates(values[:, :kept], ids[:, :kept], vocab_size, sorted_desc=True)
+
+
+class TopP(ValueProcessor):
+    """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches ``top_p``.
+
+    Args:
+        top_p: in (0, 1]; 1 keeps everything.
+        min_tokens_to_keep: always keep at least this many of the most likely tokens.
+
+    Example:
+        >>> TopP(0.7).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040,    -inf]])
+    """
+
+    kind = "top_p"
+    keeps_order = True
+
+    def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
+        self.top_p = float(top_p)
+        self.min_tokens_to_keep = int(min_tokens_to_keep)
+
+    def process(self, input_ids, logits):
+        sorted_logits, sorted_ids = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - self.top_p)
+        remove_sorted[..., -self.min_tokens_to_keep :] = False
+        remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
+        return logits.masked_fill(remove, NEG_INF)
+
+
+class MinP(ValueProcessor):
+    """Keep tokens whose probability is at least ``min_p`` times that of the most likely token.
+
+    Args:
+        min_p: in [0, 1]; 0 keeps everything, 1 keeps only the most likely token(s).
+        min_tokens_to_keep: always keep at least this many of the most likely tokens.
+
+    Example:
+        >>> MinP(0.5).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040,    -inf]])
+    """
+
+    kind = "min_p"
+    keeps_order = True
+
+    def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
+        self.min_p = float(min_p)
+        self.min_tokens_to_keep = int(min_tokens_to_keep)
+
+    def process(self, input_ids, logits):
+        probs = torch.softmax(logits, dim=-1)
+        remove = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+        keep_ids = torch.topk(probs, min(self.min_tokens_to_keep, probs.shape[-1]), dim=-1).indices
+        remove = remove.scatter(-1, keep_ids, False)
+        return logits.masked_fill(remove, NEG_INF)
+
+
+class TypicalP(ValueProcessor):
+    """Locally typical sampling: keep the tokens whose surprise is closest to the entropy, up to ``typical_p`` mass.
+
+    Args:
+        typical_p: mass to keep, in (0, 1].
+        min_tokens_to_keep: always keep at least this many of the most typical tokens.
+
+    Example:
+        >>> TypicalP(0.5).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[   -inf, -1.2040,    -inf]])
+    """
+
+    kind = "typical_p"
+
+    def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
+        self.typical_p = float(typical_p)
+        self.min_tokens_to_keep = int(min_tokens_to_keep)
+
+    def process(self, input_ids, logits):
+        log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
+        entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)
+        distance = torch.abs(-log_probs - entropy)
+        sorted_distance, order = torch.sort(distance, descending=False)
+        cumulative = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+        last = (cumulative < self.typical_p).sum(dim=1).clamp(max=sorted_distance.shape[-1] - 1)
+        remove_sorted = sorted_distance > sorted_distance.gather(1, last.view(-1, 1))
+        remove_sorted[..., : self.min_tokens_to_keep] = False
+        remove = remove_sorted.scatter(1, order, remove_sorted)
+        return logits.masked_fill(remove, NEG_INF)
+
+
+def _keep_largest(remove: torch.Tensor, logits: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
+    """Clear ``remove`` where a logit is at least the row's ``min_tokens_to_keep``-th largest (ties kept)."""
+    k = min(min_tokens_to_keep, logits.shape[-1])
+    return remove & (logits < torch.topk(logits, k, dim=-1).values[..., -1:])
+
+
+class EpsilonCutoff(ValueProcessor):
+    """Remove tokens whose probability is below ``epsilon_cutoff``.
+
+    Args:
+        epsilon_cutoff: in (0, 1).
+        min_tokens_to_keep: always keep at least this many of the most likely tokens.
+
+    Example:
+        >>> EpsilonCutoff(0.25).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040,    -inf]])
+    """
+
+    kind = "epsilon_cutoff"
+    keeps_order = True
+
+    def __init__(self, epsilon_cutoff: float, min_tokens_to_keep: int = 1):
+        self.epsilon_cutoff = float(epsilon_cutoff)
+        self.min_tokens_to_keep = int(min_tokens_to_keep)
+
+    def process(self, input_ids, logits):
+        remove = logits.softmax(dim=-1) < self.epsilon_cutoff
+        return logits.masked_fill(_keep_largest(remove, logits, self.min_tokens_to_keep), NEG_INF)
+
+
+class EtaCutoff(ValueProcessor):
+    """Remove tokens with probability below ``min(eta, sqrt(eta) * exp(-entropy))``.
+
+    Args:
+        eta_cutoff: in (0, 1).
+        min_tokens_to_keep: always keep at least this many of the most likely tokens.
+
+    Example:
+        >>> EtaCutoff(0.3).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040,    -inf]])
+    """
+
+    kind = "eta_cutoff"
+    keeps_order = True
+
+    def __init__(self, eta_cutoff: float, min_tokens_to_keep: int = 1):
+        self.eta_cutoff = float(eta_cutoff)
+        self.min_tokens_to_keep = int(min_tokens_to_keep)
+
+    def process(self, input_ids, logits):
+        eta = torch.tensor(self.eta_cutoff, dtype=logits.dtype, device=logits.device)
+        probs = logits.softmax(dim=-1)
+        entropy = torch.distributions.Categorical(logits=logits).entropy()
+        threshold = torch.min(eta, torch.sqrt(eta) * torch.exp(-entropy))[..., None]
+        return logits.masked_fill(_keep_largest(probs < threshold, logits, self.min_tokens_to_keep), NEG_INF)
+
+
+class TopNSigma(ValueProcessor):
+    """Keep logits within ``top_n_sigma`` standard deviations of the row's maximum (llama.cpp top-nσ).
+
+    The standard deviation is the population one over the finite logits of the row, so the kept set does not
+    change with temperature.
+
+    Args:
+        top_n_sigma: n > 0.
+
+    Example:
+        >>> TopNSigma(1.0).process(None, torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
+        tensor([[-inf, 1., 2., 3.]])
+    """
+
+    kind = "top_n_sigma"
+    keeps_order = True
+
+    def __init__(self, top_n_sigma: float):
+        self.top_n_sigma = float(top_n_sigma)
+
+    def process(self, input_ids, logits):
+        finite = torch.isfinite(logits)
+        count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+        values = torch.where(finite, logits, 0).float()
+        mean = values.sum(dim=-1, keepdim=True) / count
+        variance = (torch.where(finite, values - mean, 0) ** 2).sum(dim=-1, keepdim=True) / count
+        threshold = logits.float().amax(dim=-1, keepdim=True) - self.top_n_sigma * variance.sqrt()
+        return logits.masked_fill(logits.float() < threshold, NEG_INF)
+
+
+__all__ = ["Temperature", "TopK", "TopP", "MinP", "TypicalP", "EpsilonCutoff", "EtaCutoff", "TopNSigma"]

@@ -1,0 +1,87 @@
+"""Selectors: the last link of a chain, turning processed logits into one token id per row.
+
+``sample`` draws by inverse transform in token-id order with one uniform number per row from that row's
+generator. Tokens outside a candidate set weigh exactly zero, and adding zero leaves a running sum
+unchanged, so the dense path and the candidate path pick the same token from the same draw.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decoders.processors.base import Candidates
+
+
+class Selector:
+    """Base class: ``select(logits [B, V], generators) -> ids [B]`` (and the same on a candidate set)."""
+
+    kind: str = "selector"
+
+    def select(self, logits: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+        raise NotImplementedError
+
+    def select_candidates(self, candidates: Candidates, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+        """Select from a candidate set. Default: densify and call :meth:`select`."""
+        return self.select(candidates.to_dense(), generators)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Greedy(Selector):
+    """Pick the most likely token; on ties the lowest token id (as ``torch.argmax``).
+
+    Example:
+        >>> Greedy().select(torch.tensor([[0.0, 2.0, 2.0]]))
+        tensor([1])
+    """
+
+    kind = "greedy"
+
+    def select(self, logits, generators=None):
+        return logits.argmax(dim=-1)
+
+    def select_candidates(self, candidates, generators=None):
+        values, ids = candidates.values, candidates.ids
+        at_max = values == values.amax(dim=-1, keepdim=True)
+        return torch.where(at_max, ids, candidates.vocab_size).amin(dim=-1)
+
+
+def row_uniforms(rows: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """One uniform draw in [0, 1) per row (float64), each from that row's generator (global RNG if None)."""
+    if generators is None:
+        return torch.rand(rows, dtype=torch.float64)
+    if len(generators) != rows:
+        raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
+    return torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators])
+
+
+def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Column index drawn from softmax(values) per row by inverse transform over the columns in order."""
+    weights = torch.exp(values - values.amax(dim=-1, keepdim=True))
+    cumulative = weights.cumsum(dim=-1, dtype=torch.float64)
+    total = cumulative[:, -1:].contiguous()
+    pick = torch.searchsorted(cumulative, (uniforms.unsqueeze(-1) * total).contiguous(), right=True)
+    last_positive = torch.searchsorted(cumulative, total, right=False)
+    return torch.minimum(pick, last_positive).squeeze(-1)
+
+
+class Sample(Selector):
+    """Draw a token from the softmax of the processed logits, with one generator per row.
+
+    Example:
+        >>> g = [torch.Generator().manual_seed(0)]
+        >>> Sample().select(torch.tensor([[0.0, float("-inf"), 0.0]]), g).item() in (0, 2)
+        True
+    """
+
+    kind = "sample"
+
+    def select(self, logits, generators=None):
+        return _inverse_cdf(logits.float(), row_uniforms(logits.shape[0], generators))
+
+    def select_candidates(self, candidates, generators=None):
+        ids, order = torch.sort(candidates.ids, dim=-1)
+        values = candidates.values.gather(1, order).float()
+        column = _inverse_cdf(values, row_uniforms(values.shape[0], generators))
+        return ids.gather(1, column.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,248 @@
+"""Strategies: an ordered list of processor configs plus one selector config, validated by pydantic.
+
+A strategy is data (JSON/TOML, presets, transformers ``GenerationConfig``); :meth:`Strategy.build` turns
+it into a :class:`decoders.chain.Chain`. The processor kinds accepted are whatever the plugin registry
+holds at validation time, built-ins and plugins alike.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator
+
+from decoders import builtins as b
+from decoders.chain import Chain
+from decoders.config import ProcessorConfig, SelectorConfig
+from decoders.errors import DecodersError
+from decoders.plugins import _discriminated, get_registry
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"processors": [], "selector": {"kind": "greedy"}},
+    "low_temperature": {"processors": [{"kind": "temperature", "temperature": 0.3}], "selector": {"kind": "sample"}},
+    "high_temperature": {"processors": [{"kind": "temperature", "temperature": 1.5}], "selector": {"kind": "sample"}},
+    "top_k": {"processors": [{"kind": "top_k", "top_k": 5}], "selector": {"kind": "sample"}},
+    "top_p": {"processors": [{"kind": "top_p", "top_p": 0.9}], "selector": {"kind": "sample"}},
+    "balanced": {
+        "processors": [
+            {"kind": "temperature", "temperature": 0.7},
+            {"kind": "top_k", "top_k": 50},
+            {"kind": "top_p", "top_p": 0.9},
+        ],
+        "selector": {"kind": "sample"},
+    },
+    "pure_sampling": {"processors": [], "selector": {"kind": "sample"}},
+    "min_p": {"processors": [{"kind": "min_p", "min_p": 0.1}], "selector": {"kind": "sample"}},
+    # llama.cpp's default sampler chain (penalties, top-k 40, typical 1 (off), top-p 0.95, min-p 0.05, temp 0.8)
+    "llama_cpp": {
+        "processors": [
+            {"kind": "top_k", "top_k": 40},
+            {"kind": "top_p", "top_p": 0.95},
+            {"kind": "min_p", "min_p": 0.05},
+            {"kind": "temperature", "temperature": 0.8},
+        ],
+        "selector": {"kind": "sample"},
+    },
+}
+PRESET_DESCRIPTIONS = {
+    "greedy": "always the most likely token",
+    "low_temperature": "sampling at temperature 0.3 (focused)",
+    "high_temperature": "sampling at temperature 1.5 (adventurous)",
+    "top_k": "sampling from the 5 most likely tokens",
+    "top_p": "nucleus sampling, p = 0.9",
+    "balanced": "temperature 0.7, top-k 50, top-p 0.9",
+    "pure_sampling": "sampling from the model's full distribution",
+    "min_p": "min-p 0.1",
+    "llama_cpp": "llama.cpp's default order: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8",
+}
+#: the six presets the tutorial compares, in its order
+COMPARE_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced")
+
+# GenerationConfig fields that say how long to generate or which tokens are special, not how to pick one
+_NOT_STRATEGY_FIELDS = {
+    "transformers_version", "max_length", "max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id",
+    "use_cache", "return_dict_in_generate", "output_scores", "output_logits", "cache_implementation",
+}  # fmt: skip
+_WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+_SUPPORTED_FIELDS = {
+    "do_sample", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
+    "min_new_tokens", *_WARPER_FIELDS,
+}  # fmt: skip
+
+
+class StrategyError(DecodersError, ValueError):
+    """A strategy could not be found, read or converted."""
+
+
+class Strategy(BaseModel):
+    """An ordered chain of processor configs and one selector config.
+
+    Args:
+        processors: processor configs (or dicts with a ``kind``), run in the order given.
+        selector: the selector config (or dict); default greedy.
+        name: an optional label, shown in reports.
+
+    Example:
+        >>> s = Strategy.model_validate({
+        ...     "processors": [{"kind": "temperature", "temperature": 0.7}, {"kind": "top_k", "top_k": 50}],
+        ...     "selector": {"kind": "sample"}})
+        >>> s.build()
+        Chain(Temperature(temperature=0.7) → TopK(top_k=50) → Sample())
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    processors: list[SerializeAsAny[ProcessorConfig]] = Field(default_factory=list)
+    selector: SerializeAsAny[SelectorConfig] = Field(default_factory=b.GreedyConfig)
+
+    @field_validator("processors", mode="wrap")
+    @classmethod
+    def _validate_processors(cls, value: Any, handler: Any) -> list[ProcessorConfig]:
+        return get_registry().processor_list_adapter.validate_python(value)
+
+    @field_validator("selector", mode="wrap")
+    @classmethod
+    def _validate_selector(cls, value: Any, handler: Any) -> SelectorConfig:
+        return get_registry().selector_adapter.validate_python(value)
+
+    def build(self, *, use_candidates: bool = True) -> Chain:
+        """Build the chain: each config's ``build()``, in order, then the selector."""
+        return Chain([config.build() for config in self.processors], self.selector.build(), use_candidates=use_candidates)
+
+    def describe(self) -> str:
+        """A one-line human description, e.g. ``temperature(0.7) → top_k(50) → sample``."""
+        parts = []
+        for config in self.processors:
+            values = [str(v) for k, v in config.model_dump().items() if k != "kind" and v != type(config).model_fields[k].default]
+            parts.append(f"{config.kind}({', '.join(values)})")
+        return " → ".join([*parts, self.selector.kind])
+
+    # ---- presets and files ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str) -> Strategy:
+        """A named preset (see :data:`PRESETS`)."""
+        if name not in PRESETS:
+            raise StrategyError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
+        return cls.model_validate({"name": name, **PRESETS[name]})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Strategy:
+        """Read a strategy from a ``.json`` or ``.toml`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise StrategyError(f"strategy file '{path}' does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise StrategyError(f"strategy file '{path}' is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise StrategyError(f"strategy file '{path}' is not a valid strategy:\n{exc}") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write this strategy as ``.json`` or ``.toml`` (by the file's suffix)."""
+        path = Path(path)
+        data = self.model_dump(mode="json", exclude_none=True)
+        path.write_text(tomli_w.dumps(data) if path.suffix.lower() == ".toml" else json.dumps(data, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def resolve(cls, spec: Strategy | dict | str | Path | None) -> Strategy:
+        """Accept a Strategy, a dict, a preset name, or a path to a JSON/TOML file (None: greedy)."""
+        if spec is None:
+            return cls.from_preset("greedy")
+        if isinstance(spec, Strategy):
+            return spec
+        if isinstance(spec, dict):
+            return cls.model_validate(spec)
+        if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")):
+            return cls.load(spec)
+        if spec in PRESETS:
+            return cls.from_preset(spec)
+        raise StrategyError(f"'{spec}' is neither a preset ({', '.join(PRESETS)}) nor a .json/.toml strategy file")
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of strategies, with every registered kind (plugins included)."""
+        registry = get_registry()
+        processor = _discriminated([r.config for r in registry.processors.values()])
+        selector = _discriminated([r.config for r in registry.selectors.values()])
+        model = create_model(
+            "Strategy",
+            __config__=ConfigDict(extra="forbid"),
+            __doc__=cls.__doc__.split("\n\n")[0],
+            name=(str | None, None),
+            processors=(list[processor], Field(default_factory=list)),
+            selector=(selector, Field(default_factory=b.GreedyConfig)),
+        )
+        return model.model_json_schema()
+
+    # ---- transformers interop ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_generation_config(cls, config: Any, *, strict: bool = False) -> Strategy:
+        """The chain transformers' ``generate`` builds for ``config`` (same processors, same order).
+
+        Fields that are not about choosing tokens (lengths, special ids) are left to the caller. Fields this
+        library does not support are reported in a :class:`UserWarning` (or a :class:`StrategyError` when
+        ``strict``) that names them.
+
+        Args:
+            config: a ``transformers.GenerationConfig`` or a dict of its fields.
+            strict: raise instead of warning when a field is ignored.
+        """
+        fields = dict(config) if isinstance(config, dict) else config.to_diff_dict()
+        fields = {k: v for k, v in fields.items() if v is not None}
+        ignored = sorted(k for k in fields if k not in _SUPPORTED_FIELDS and k not in _NOT_STRATEGY_FIELDS)
+        processors: list[dict[str, Any]] = []
+        bias = fields.get("sequence_bias")
+        if bias:
+            items = bias.items() if isinstance(bias, dict) else [(tuple(k), v) for k, v in bias]
+            single = {int(k[0]): float(v) for k, v in items if len(k) == 1}
+            if len(single) < len(list(items)):
+                ignored.append("sequence_bias (multi-token sequences)")
+            if single:
+                processors.append({"kind": "logit_bias", "logit_bias": single})
+        if fields.get("repetition_penalty", 1.0) != 1.0:
+            processors.append({"kind": "repetition_penalty", "repetition_penalty": fields["repetition_penalty"]})
+        if fields.get("no_repeat_ngram_size", 0) > 0:
+            processors.append({"kind": "no_repeat_ngram", "no_repeat_ngram_size": fields["no_repeat_ngram_size"]})
+        if fields.get("bad_words_ids"):
+            processors.append({"kind": "bad_words", "bad_words_ids": fields["bad_words_ids"]})
+        if fields.get("min_new_tokens", 0) > 0:
+            processors.append({"kind": "min_new_tokens", "min_new_tokens": fields["min_new_tokens"]})
+        do_sample = bool(fields.get("do_sample", False))
+        if do_sample:
+            if fields.get("temperature", 1.0) != 1.0:
+                processors.append({"kind": "temperature", "temperature": fields["temperature"]})
+            if fields.get("top_k", 0) != 0:
+                processors.append({"kind": "top_k", "top_k": fields["top_k"]})
+            if fields.get("top_p", 1.0) < 1.0:
+                processors.append({"kind": "top_p", "top_p": fields["top_p"]})
+            if "min_p" in fields:
+                processors.append({"kind": "min_p", "min_p": fields["min_p"]})
+            if fields.get("typical_p", 1.0) < 1.0:
+                processors.append({"kind": "typical_p", "typical_p": fields["typical_p"]})
+            if 0.0 < fields.get("epsilon_cutoff", 0.0) < 1.0:
+                processors.append({"kind": "epsilon_cutoff", "epsilon_cutoff": fields["epsilon_cutoff"]})
+            if 0.0 < fields.get("eta_cutoff", 0.0) < 1.0:
+                processors.append({"kind": "eta_cutoff", "eta_cutoff": fields["eta_cutoff"]})
+        else:
+            ignored += [f"{k} (do_sample is off)" for k in _WARPER_FIELDS if k in fields]
+        if ignored:
+            message = f"GenerationConfig fields not supported by decoders, ignored: {', '.join(ignored)}"
+            if strict:
+                raise StrategyError(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return cls.model_validate(
+            {"name": "generation_config", "processors": processors, "selector": {"kind": "sample" if do_sample else "greedy"}}
+        )
