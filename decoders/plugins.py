@@ -104,7 +104,7 @@ def _call_hooks(manager: pluggy.PluginManager, registry: Registry) -> None:
         ("processor", manager.hook.decoders_register_processors),
         ("selector", manager.hook.decoders_register_selectors),
     ):
-        for impl in reversed(caller.get_hookimpls()):  # pluggy calls last-registered first; built-ins go first
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             try:
                 impl.function(register=lambda config, _p=impl.plugin_name, _r=role: registry.register(_p, _r, config))
             except Exception as exc:  # a broken plugin must not take the others down
