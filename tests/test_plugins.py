@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory):
     """Install the throw-away plugin package into a folder on sys.path (entry points are found there)."""
+    source = shutil.copytree(PLUGIN_PACKAGE, tmp_path_factory.mktemp("src") / "plugin_package")
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN_PACKAGE)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         check=True,
         capture_output=True,
     )

@@ -1,1 +1,0 @@
-"""Plugins used by decoders' own tests."""

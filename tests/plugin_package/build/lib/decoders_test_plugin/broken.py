@@ -1,3 +1,0 @@
-"""A plugin that fails to import."""
-
-raise ImportError("this test plugin is broken on purpose")
