@@ -1,0 +1,159 @@
+"""Step records: what each stage of the chain did to the distribution, and which token was chosen.
+
+The driver fills these when tracing is on (``generate(..., trace=True)``); rendering them is the CLI's job.
+Building a record costs a top-k, a softmax and an entropy per stage, never a sort of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from decoders.processors.base import Candidates
+
+Scores = torch.Tensor | Candidates
+
+
+class TokenProb(BaseModel):
+    """One token and its probability.
+
+    Args:
+        token_id: the token id.
+        token: the decoded text of that single id.
+        probability: its probability under the distribution it was taken from.
+    """
+
+    token_id: int
+    token: str
+    probability: float
+
+
+class StageRecord(BaseModel):
+    """The distribution after one stage of the chain, for one row.
+
+    Args:
+        stage: the processor kind, or ``"model"`` for the raw logits.
+        top: the most likely surviving candidates after this stage (softmax of its output), most likely first.
+        survivors: how many tokens still have a finite logit.
+        entropy: entropy of this stage's distribution, in nats.
+    """
+
+    stage: str
+    top: list[TokenProb]
+    survivors: int
+    entropy: float
+
+
+class StepRecord(BaseModel):
+    """One generation step of one batch row.
+
+    Args:
+        step: index of the generated token (0 for the first new token).
+        row: the batch row (the prompt's index).
+        stages: the raw ``"model"`` stage, then one per processor in chain order.
+        chosen: the selected token, with its probability under the final processed distribution.
+
+    Example:
+        >>> import decoders
+        >>> result = decoders.generate("Hello", "top_k", model=(model, tokenizer), trace=True)  # doctest: +SKIP
+        >>> [stage.survivors for stage in result.steps[0].stages]  # doctest: +SKIP
+        [49152, 5]
+    """
+
+    step: int
+    row: int
+    stages: list[StageRecord]
+    chosen: TokenProb
+
+
+def _dense_view(scores: Scores) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The values ``[B, n]`` and, for a candidate set, the token ids of their columns."""
+    if isinstance(scores, Candidates):
+        return scores.values, scores.ids
+    return scores, None
+
+
+def _summarise(scores: Scores, top: int) -> dict[str, list]:
+    """Top ids/probabilities, survivors and entropy of every row, as Python lists."""
+    values, ids = _dense_view(scores)
+    values = values.float()
+    log_probs = values - torch.logsumexp(values, dim=-1, keepdim=True)
+    top_log_probs, columns = torch.topk(log_probs, min(top, values.shape[-1]), dim=-1)
+    top_ids = columns if ids is None else ids.gather(1, columns)
+    return {
+        "ids": top_ids.tolist(),
+        "log_probs": top_log_probs.tolist(),
+        "survivors": torch.isfinite(values).sum(dim=-1).tolist(),
+        "entropy": torch.special.entr(log_probs.exp()).sum(dim=-1).tolist(),
+    }
+
+
+def _chosen_probabilities(scores: Scores, chosen: torch.Tensor) -> list[float]:
+    values, ids = _dense_view(scores)
+    values = values.float()
+    log_norm = torch.logsumexp(values, dim=-1)
+    if ids is None:
+        chosen_values = values.gather(1, chosen.unsqueeze(-1)).squeeze(-1)
+    else:
+        hits = ids == chosen.unsqueeze(-1)
+        chosen_values = torch.where(hits, values, float("-inf")).amax(dim=-1)
+    return (chosen_values - log_norm).exp().tolist()
+
+
+def step_records(
+    step: int,
+    stages: Sequence[tuple[str, Scores]],
+    chosen: torch.Tensor,
+    tokenizer: Any,
+    *,
+    rows: Sequence[int] | None = None,
+    top: int = 10,
+) -> list[StepRecord]:
+    """Turn the stages of one chain run into one :class:`StepRecord` per reported row.
+
+    Args:
+        step: index of the generated token.
+        stages: ``(name, scores)`` in order: ``("model", raw logits)`` first, then each processor's kind and
+            output (dense ``[B, V]`` or a candidate set).
+        chosen: the selected token ids ``[B]``.
+        tokenizer: decodes token ids to text (``tokenizer.decode([id])``).
+        rows: the batch rows to report (all when None).
+        top: how many of the most likely candidates to keep per stage.
+
+    Example:
+        >>> import torch
+        >>> class Chars:
+        ...     def decode(self, ids): return "abc"[ids[0]]
+        >>> logits = torch.tensor([[0.0, 1.0, 2.0]])
+        >>> [record] = step_records(0, [("model", logits)], torch.tensor([2]), Chars(), top=2)
+        >>> [t.token for t in record.stages[0].top], record.chosen.token, record.stages[0].survivors
+        (['c', 'b'], 'c', 3)
+    """
+    rows = range(chosen.shape[0]) if rows is None else rows
+    summaries = [(name, _summarise(scores, top)) for name, scores in stages]
+    chosen_ids = chosen.tolist()
+    chosen_probs = _chosen_probabilities(stages[-1][1], chosen)
+    wanted = {chosen_ids[r] for r in rows} | {i for _, s in summaries for r in rows for i in s["ids"][r]}
+    texts = {token_id: tokenizer.decode([token_id]) for token_id in wanted}
+    records = []
+    for r in rows:
+        stage_records = [
+            StageRecord(
+                stage=name,
+                top=[
+                    TokenProb(token_id=i, token=texts[i], probability=math.exp(lp))
+                    for i, lp in zip(s["ids"][r], s["log_probs"][r])
+                    if lp > -math.inf
+                ],
+                survivors=s["survivors"][r],
+                entropy=s["entropy"][r],
+            )
+            for name, s in summaries
+        ]
+        chosen_token = TokenProb(token_id=chosen_ids[r], token=texts[chosen_ids[r]], probability=chosen_probs[r])
+        records.append(StepRecord(step=step, row=r, stages=stage_records, chosen=chosen_token))
+    return records
