@@ -15,7 +15,7 @@ from rich.table import Table
 
 from decoders.errors import DecodersError
 from decoders.plugins import get_registry
-from decoders.strategy import Strategy
+from decoders.strategy import PRESETS, Strategy, StrategyError
 
 app = typer.Typer(
     name="decoders",
@@ -33,6 +33,256 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 def emit_json(data: object) -> None:
     """Print ``data`` as JSON on standard output (UTF-8, not escaped)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)."),
+]
+StrategyOption = Annotated[
+    str | None, typer.Option("--strategy", "-s", help=f"A preset ({', '.join(PRESETS)}) or a .json/.toml strategy file.")
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (row i of a batch uses seed + i).")]
+ChatOption = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")]
+
+
+def load(model_name: str | None):
+    """Load a model with a status line on stderr."""
+    from decoders.models import load_model
+
+    with error_console.status(f"loading {model_name or 'the embedded model'}…"):
+        return load_model(model_name)
+
+
+def visible(text: str) -> str:
+    """Text with newlines and tabs shown as escapes, so whitespace the model generated can be seen."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def percent(probability: float) -> str:
+    return f"{probability * 100:6.2f}%"
+
+
+def flags_strategy(
+    strategy: str | None, model_defaults: bool, loaded, **flags: float | int | None
+) -> Strategy:
+    """The strategy named by --strategy, --model-defaults, or the parameter flags (one of the three)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    chosen = [bool(strategy), model_defaults, bool(given)]
+    if sum(chosen) > 1:
+        raise StrategyError("use one of --strategy, --model-defaults, or parameter flags such as --temperature, not several")
+    if model_defaults:
+        config = loaded.generation_config
+        if config is None:
+            raise StrategyError(f"model {loaded.name} ships no generation_config.json; pick a --strategy instead")
+        return Strategy.from_generation_config(config)
+    if given:
+        sampling = {k: v for k, v in given.items() if k not in ("repetition_penalty", "no_repeat_ngram_size")}
+        return Strategy.from_generation_config({"do_sample": True, **given} if sampling else given, strict=True)
+    return Strategy.resolve(strategy)
+
+
+@app.command()
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="One or more prompts (a batch).", show_default=False)],
+    model: ModelOption = None,
+    strategy: StrategyOption = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Keep the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus: keep mass p.")] = None,
+    min_p: Annotated[float | None, typer.Option(help="Keep tokens with p ≥ min_p × max p.")] = None,
+    typical_p: Annotated[float | None, typer.Option(help="Locally typical sampling mass.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="Penalise tokens already seen (> 1).")] = None,
+    no_repeat_ngram_size: Annotated[int | None, typer.Option(help="Forbid repeating n-grams of this size.")] = None,
+    model_defaults: Annotated[bool, typer.Option("--model-defaults", help="Use the model's generation_config.json.")] = False,
+    seed: SeedOption = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Stop after this many new tokens.")] = 64,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text is generated (repeatable).")] = None,
+    stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Print tokens as they come (default: on for one prompt).")] = None,
+    chat: ChatOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a continuation of each prompt with a decoding strategy."""
+    import decoders
+
+    loaded = load(model)
+    chosen = flags_strategy(
+        strategy, model_defaults, loaded, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        typical_p=typical_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    )  # fmt: skip
+    options = dict(strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat)
+    if stream is None:
+        stream = len(prompts) == 1 and not as_json
+    if stream and not as_json:
+        results = None
+        for event in decoders.stream(prompts, **options):
+            if event.results is not None:
+                results = event.results
+                break
+            text = event.texts[0] if len(prompts) == 1 else "".join(event.texts)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        results = decoders.generate(prompts, **options)
+    if as_json:
+        records = [
+            {"prompt": r.prompt, "text": r.text, "generated_ids": r.generated_ids, "prompt_ids": r.prompt_ids,
+             "finish_reason": r.finish_reason}
+            for r in results
+        ]  # fmt: skip
+        extra = {"model": loaded.name, "strategy": chosen.model_dump(mode="json", exclude_none=True)}
+        emit_json({**records[0], **extra} if len(records) == 1 else {"results": records, **extra})
+        return
+    if not stream:
+        for result in results:
+            console.print(f"[dim]{result.prompt}[/][bold]{result.text}[/]", highlight=False)
+    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {results[0].finish_reason}[/]", highlight=False)
+
+
+def token_table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("#", "id", "probability", "before", "after") else "left")
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    return table
+
+
+def candidates_json(candidates) -> list[dict]:
+    return [{"token": c.token, "id": c.token_id, "probability": c.probability} for c in candidates]
+
+
+@app.command()
+def explain(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False)],
+    model: ModelOption = None,
+    top: Annotated[int, typer.Option(min=1, help="How many candidates to show.")] = 10,
+    steps: Annotated[int, typer.Option(min=0, help="How many tokens to generate step by step.")] = 5,
+    strategy: StrategyOption = None,
+    temperature: Annotated[float, typer.Option(help="Temperature of the reshaping demo (and default strategy).")] = 0.7,
+    top_k: Annotated[int, typer.Option(help="k of the reshaping demo (and default strategy).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for the sampled choices.")] = 0,
+    plot: Annotated[str | None, typer.Option("--plot", help="Draw each stage's top candidates to this PNG file.")] = None,
+    chat: ChatOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Walk through the whole pipeline for one prompt: tokens, ids, logits, candidates, choices, steps."""
+    import torch
+
+    import decoders
+    from decoders.explain import walk_prompt
+    from decoders.trace import top_candidates
+
+    loaded = load(model)
+    tokenizer = loaded.tokenizer
+    reshape = Strategy.model_validate(
+        {"processors": [{"kind": "temperature", "temperature": temperature}, {"kind": "top_k", "top_k": top_k}],
+         "selector": {"kind": "sample"}}
+    )  # fmt: skip
+    chosen = Strategy.resolve(strategy) if strategy else reshape
+    walk = walk_prompt(prompt, loaded, chat=chat)
+    next_logits = walk.logits[:, -1, :].float()
+    generator = [torch.Generator().manual_seed(seed)]
+    greedy_id = int(next_logits.argmax(dim=-1))
+    sampled_id = int(chosen.build().select(walk.input_ids, next_logits, generator)[0])
+    before = next_logits.softmax(dim=-1)[0]
+    reshaped = reshape.build().process(walk.input_ids, next_logits).softmax(dim=-1)[0]
+    reshaped_ids = torch.topk(reshaped, top_k).indices.tolist()
+    result = decoders.generate(
+        walk.text, strategy=chosen, model=loaded, max_new_tokens=steps, seed=seed, trace=True, top=top
+    )[0]  # fmt: skip
+    top_next = top_candidates(next_logits, tokenizer, top)[0]
+    decode = lambda i: tokenizer.decode([i])  # noqa: E731
+    if as_json:
+        emit_json(
+            {
+                "model": loaded.name,
+                "prompt": prompt,
+                "tokens": walk.tokens,
+                "input_ids": walk.input_ids[0].tolist(),
+                "input_shape": list(walk.input_ids.shape),
+                "logits_shape": list(walk.logits.shape),
+                "top": candidates_json(top_next),
+                "greedy": {"token": decode(greedy_id), "id": greedy_id, "probability": float(before[greedy_id])},
+                "sampled": {"token": decode(sampled_id), "id": sampled_id, "probability": float(before[sampled_id]),
+                            "strategy": chosen.describe()},
+                "reshaped": [{"token": decode(i), "id": i, "original": float(before[i]), "adjusted": float(reshaped[i])}
+                             for i in reshaped_ids],
+                "strategy": chosen.model_dump(mode="json", exclude_none=True),
+                "steps": [
+                    {"step": r.step, "stages": [{"stage": st.stage, "survivors": st.survivors, "entropy": st.entropy,
+                                                 "top": candidates_json(st.top)} for st in r.stages],
+                     "candidates": candidates_json(r.stages[-1].top),
+                     "chosen": {"token": r.chosen.token, "id": r.chosen.token_id, "probability": r.chosen.probability}}
+                    for r in result.steps
+                ],
+                "text": result.text,
+            }
+        )  # fmt: skip
+    else:
+        show = console.print
+        show(f"[bold]1. Input text[/]\n  {walk.text!r}\n", highlight=False)
+        show(token_table(f"2. Tokenization: {len(walk.tokens)} tokens, as the tokenizer spells them → 3. their ids",
+                         [(n, repr(t), i) for n, (t, i) in enumerate(zip(walk.tokens, walk.input_ids[0].tolist()), 1)],
+                         ("#", "token", "id")))  # fmt: skip
+        show(f"\n[bold]4. Model[/]: input ids {list(walk.input_ids.shape)} (batch, tokens) → logits "
+             f"{list(walk.logits.shape)} (batch, tokens, vocabulary): one score per vocabulary token at every position;"
+             " the last position predicts the next token.\n", highlight=False)  # fmt: skip
+        show(token_table(f"5. Top {top} next tokens (softmax of the last position)",
+                         [(n, repr(c.token), c.token_id, percent(c.probability)) for n, c in enumerate(top_next, 1)],
+                         ("#", "token", "id", "probability")))  # fmt: skip
+        show(f"\n[bold]6. Choosing[/]: greedy picks {decode(greedy_id)!r} (always the most likely); "
+             f"{chosen.describe()} with seed {seed} drew {decode(sampled_id)!r}.\n", highlight=False)  # fmt: skip
+        show(token_table(f"7. Temperature {temperature} then top-k {top_k}, re-normalised",
+                         [(repr(decode(i)), i, percent(float(before[i])), percent(float(reshaped[i]))) for i in reshaped_ids],
+                         ("token", "id", "before", "after")))  # fmt: skip
+        show(f"\n[bold]8. Step by step[/] with {chosen.describe()} (seed {seed})", highlight=False)
+        text_so_far = walk.text
+        for record in result.steps:
+            stages = " → ".join(f"{st.stage}: {st.survivors} left" for st in record.stages)
+            show(f"\n[bold]step {record.step + 1}[/] [dim]{stages}[/]", highlight=False)
+            for n, c in enumerate(record.stages[-1].top, 1):
+                mark = "[green]✓[/]" if c.token_id == record.chosen.token_id else " "
+                show(f"  {mark} {n:2}. {c.token!r:<20} {percent(c.probability)}", highlight=False)
+            text_so_far += record.chosen.token
+            show(f"  [dim]text so far:[/] {text_so_far!r}", highlight=False)
+    if plot:
+        from decoders.plotting import plot_stages
+
+        plot_stages(result.steps[0] if result.steps else None, plot, title=f"{loaded.name}: {chosen.describe()}")
+        error_console.print(f"wrote {plot}")
+
+
+@app.command()
+def compare(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False)],
+    model: ModelOption = None,
+    seed: Annotated[int, typer.Option(help="Seed for the sampling presets.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per continuation.")] = 20,
+    chat: ChatOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """One continuation per preset (greedy, low/high temperature, top-k, top-p, balanced), side by side."""
+    import decoders
+    from decoders.strategy import COMPARE_PRESETS, PRESET_DESCRIPTIONS
+
+    loaded = load(model)
+    rows = []
+    for name in COMPARE_PRESETS:
+        result = decoders.generate(prompt, strategy=name, model=loaded, max_new_tokens=max_new_tokens, seed=seed, chat=chat)[0]
+        rows.append({"strategy": name, "description": PRESET_DESCRIPTIONS[name], "chain": Strategy.from_preset(name).describe(),
+                     "text": result.text, "generated_ids": result.generated_ids})  # fmt: skip
+    if as_json:
+        emit_json({"model": loaded.name, "prompt": prompt, "seed": seed, "results": rows})
+        return
+    table = Table(title=f"{prompt!r} → ({loaded.name}, seed {seed}, newlines shown as \\n)", title_justify="left")
+    table.add_column("strategy", style="bold")
+    table.add_column("chain", style="dim")
+    table.add_column("continuation")
+    for row in rows:
+        table.add_row(row["strategy"], row["chain"], visible(row["text"]))
+    console.print(table)
 
 
 @app.command()
