@@ -104,6 +104,32 @@ def _chosen_probabilities(scores: Scores, chosen: torch.Tensor) -> list[float]:
     return (chosen_values - log_norm).exp().tolist()
 
 
+def _candidates(ids: list[int], log_probs: list[float], texts: dict[int, str]) -> list[TokenProb]:
+    return [
+        TokenProb(token_id=i, token=texts[i], probability=math.exp(lp)) for i, lp in zip(ids, log_probs) if lp > -math.inf
+    ]
+
+
+def top_candidates(scores: Scores, tokenizer: Any, top: int = 10) -> list[list[TokenProb]]:
+    """The ``top`` most likely surviving tokens of every row (softmax of ``scores``), most likely first.
+
+    Args:
+        scores: logits ``[B, V]`` or a candidate set.
+        tokenizer: decodes token ids to text (``tokenizer.decode([id])``).
+        top: how many tokens to keep per row.
+
+    Example:
+        >>> import torch
+        >>> class Chars:
+        ...     def decode(self, ids): return "abc"[ids[0]]
+        >>> [(t.token, round(t.probability, 2)) for t in top_candidates(torch.tensor([[0.0, 0.0, float("-inf")]]), Chars())[0]]
+        [('a', 0.5), ('b', 0.5)]
+    """
+    summary = _summarise(scores, top)
+    texts = {i: tokenizer.decode([i]) for row in summary["ids"] for i in row}
+    return [_candidates(ids, log_probs, texts) for ids, log_probs in zip(summary["ids"], summary["log_probs"])]
+
+
 def step_records(
     step: int,
     stages: Sequence[tuple[str, Scores]],
@@ -144,11 +170,7 @@ def step_records(
         stage_records = [
             StageRecord(
                 stage=name,
-                top=[
-                    TokenProb(token_id=i, token=texts[i], probability=math.exp(lp))
-                    for i, lp in zip(s["ids"][r], s["log_probs"][r])
-                    if lp > -math.inf
-                ],
+                top=_candidates(s["ids"][r], s["log_probs"][r], texts),
                 survivors=s["survivors"][r],
                 entropy=s["entropy"][r],
             )
