@@ -119,10 +119,10 @@ def load_model(
 
     Example:
         >>> loaded = load_model()  # doctest: +SKIP
-        >>> loaded.name
-        'SmolLM2-135M-Instruct (embedded)'
+        >>> loaded.name, loaded.eos_token_ids  # doctest: +SKIP
+        ('SmolLM2-135M-Instruct (embedded)', (2,))
     """
-    key = None if name is None or name in EMBEDDED_ALIASES else os.fspath(name)
+    key = None if name is None or (isinstance(name, str) and name.lower() in EMBEDDED_ALIASES) else os.fspath(name)
     return _load_cached(key, dtype, trust_remote_code)
 
 
@@ -190,7 +190,10 @@ def _loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: st
 def _quiet() -> Iterator[None]:
     """Silence transformers' and huggingface_hub's logging and progress bars, restoring them afterwards."""
     verbosity, hub_verbosity = transformers_logging.get_verbosity(), huggingface_hub.utils.logging.get_verbosity()
-    bars, hub_bars_off = transformers_logging.is_progress_bar_enabled(), huggingface_hub.utils.are_progress_bars_disabled()
+    bars, hub_bars_off = (
+        transformers_logging.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+    )
     transformers_logging.set_verbosity_error()
     huggingface_hub.utils.logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
@@ -214,10 +217,13 @@ def _is_repo_id(name: str) -> bool:
     return True
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_folder(
+    folder: Path, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from a folder with ``config.json`` (safetensors preferred when present)."""
     if not (folder / "config.json").is_file():
-        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        names = sorted(p.name for p in folder.iterdir())
+        found = ", ".join(names[:8]) + (", …" if len(names) > 8 else "") if names else "nothing"
         hint = " It holds a .gguf file: pass that file instead." if any(folder.glob("*.gguf")) else ""
         raise ModelLoadError(
             f"could not load model {str(folder)!r}: the folder has no config.json, so it is not a transformers "
@@ -226,7 +232,11 @@ def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> t
     use_safetensors = True if any(folder.glob("*.safetensors")) else None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, use_safetensors=use_safetensors, trust_remote_code=trust_remote_code, local_files_only=True
+            folder,
+            dtype=dtype,
+            use_safetensors=use_safetensors,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as error:
@@ -294,7 +304,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype, trust_remote_code: bool) -> Load
     if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
         try:
             return _hub_model(repo_id, local_files_only=True, **kwargs)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (each failure is listed in the error raised below)
             tried.append(f"Hugging Face cache ({hub_cache}): cached, but failed to load: {_cause(error)}")
     else:
         tried.append(f"Hugging Face cache ({hub_cache}): not cached")
@@ -304,7 +314,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype, trust_remote_code: bool) -> Load
     else:
         try:
             return _hub_model(repo_id, local_files_only=False, **kwargs)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (each failure is listed in the error raised below)
             tried.append(f"download from the Hugging Face Hub: failed (unknown id or Hub unreachable): {_cause(error)}")
     steps = "\n".join(f"  - {step}" for step in tried)
     raise ModelLoadError(f"could not load model {repo_id!r}. Tried:\n{steps}\n{_FIX}")
@@ -314,7 +324,9 @@ def _hub_model(repo_id: str, *, local_files_only: bool, dtype: torch.dtype, trus
     model = AutoModelForCausalLM.from_pretrained(
         repo_id, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        repo_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
     snapshot = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
     where = str(Path(snapshot).parent) if isinstance(snapshot, str) else huggingface_hub.constants.HF_HUB_CACHE
     return _loaded(model, tokenizer, repo_id, f"{where} (Hugging Face cache)")
