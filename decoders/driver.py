@@ -356,7 +356,7 @@ class _Generation:
                 raise GenerationError(f"{label} gave no tokens: give text the tokenizer can encode")
             if context is not None and len(ids) + self.max_new_tokens > context:
                 raise GenerationError(
-                    f"{label} has {len(ids)} tokens and max_new_tokens is {self.max_new_tokens}: "
+                    f"{label} has {len(ids)} token{'s' if len(ids) != 1 else ''} and max_new_tokens is {self.max_new_tokens}: "
                     f"{len(ids) + self.max_new_tokens} > the model's context length of {context} tokens; "
                     f"shorten the prompt or lower max_new_tokens to {max(context - len(ids), 0)}"
                 )
