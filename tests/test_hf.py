@@ -1,0 +1,81 @@
+"""Interop with transformers: a decoders chain inside ``model.generate``, and a model's own defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
+
+import decoders
+from decoders.hf import ChainLogitsProcessor, generation_config_to_strategy, strategy_to_logits_processor
+
+PROMPTS = ["The quick brown fox jumps", "Once", "Decoding strategies choose"]
+PENALISED_GREEDY = {
+    "processors": [{"kind": "repetition_penalty", "repetition_penalty": 1.5}, {"kind": "no_repeat_ngram", "no_repeat_ngram_size": 2}],
+    "selector": {"kind": "greedy"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def hf_generate(model, tokenizer, prompts, max_new_tokens, **options):
+    """``model.generate`` on the left-padded batch: each row's generated ids up to and including its first EOS."""
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+    eos = model.generation_config.eos_token_id
+    rows = output[:, inputs["input_ids"].shape[1] :].tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "ragged"])
+def test_chain_inside_model_generate_matches_the_driver_and_transformers(tiny, prompts):
+    model, tokenizer = tiny
+    processor = strategy_to_logits_processor(PENALISED_GREEDY)
+    inside_hf = hf_generate(model, tokenizer, prompts, 20, do_sample=False, logits_processor=LogitsProcessorList([processor]))
+    driver = [r.generated_ids for r in decoders.generate(prompts, PENALISED_GREEDY, model=tiny, max_new_tokens=20)]
+    transformers_own = hf_generate(model, tokenizer, prompts, 20, do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    assert inside_hf == driver == transformers_own
+    plain = [r.generated_ids for r in decoders.generate(prompts, model=tiny, max_new_tokens=20)]
+    assert driver != plain  # the chain did change the output
+
+
+def test_stateful_context_is_reset_for_each_generate_call(tiny):
+    """min_new_tokens needs the prompt length and EOS ids; a second call must not carry over the first's state."""
+    model, tokenizer = tiny
+    eos = model.generation_config.eos_token_id
+    strategy = decoders.Strategy.model_validate(
+        {"processors": [{"kind": "logit_bias", "logit_bias": {eos: 100.0}}, {"kind": "min_new_tokens", "min_new_tokens": 3}]}
+    )
+    processor = ChainLogitsProcessor(strategy.build(), eos_token_ids=(eos,))
+    options = dict(do_sample=False, logits_processor=LogitsProcessorList([processor]))
+    for prompts in (PROMPTS[:1], PROMPTS[1:]):
+        rows = hf_generate(model, tokenizer, prompts, 10, **options)
+        assert all(len(row) == 4 and row[-1] == eos and eos not in row[:3] for row in rows)
+        assert [r.generated_ids for r in decoders.generate(prompts, strategy, model=tiny, max_new_tokens=10)] == rows
+
+
+def test_selector_is_not_used_transformers_samples(tiny):
+    model, tokenizer = tiny
+    processor = strategy_to_logits_processor({"processors": [{"kind": "top_k", "top_k": 1}], "selector": {"kind": "sample"}})
+    torch.manual_seed(0)
+    sampled = hf_generate(model, tokenizer, PROMPTS, 8, do_sample=True, top_k=None, logits_processor=LogitsProcessorList([processor]))
+    assert sampled == [r.generated_ids for r in decoders.generate(PROMPTS, model=tiny, max_new_tokens=8)]
+
+
+def test_strategy_to_logits_processor_gives_dense_processed_scores():
+    processor = strategy_to_logits_processor("top_k")  # top_k 5
+    scores = processor(torch.zeros(2, 3, dtype=torch.long), torch.randn(2, 50))
+    assert scores.shape == (2, 50) and torch.isfinite(scores).sum(dim=-1).tolist() == [5, 5]
+
+
+def test_generation_config_to_strategy(tiny):
+    model, _ = tiny
+    assert generation_config_to_strategy(model).describe() == "greedy"
+    sampling = type("Model", (), {"generation_config": GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=20)})
+    assert generation_config_to_strategy(sampling).describe() == "temperature(0.6) → top_k(20) → top_p(0.9) → sample"
