@@ -95,7 +95,8 @@ class LogitBias(Processor):
         _check_ids("logit_bias", self._ids, candidates.vocab_size)
         ids = self._ids.to(candidates.ids.device)
         hits = candidates.ids.unsqueeze(-1) == ids
-        bias = (hits.to(candidates.values.dtype) * self._biases.to(candidates.values)).sum(dim=-1)
+        # one non-zero term per hit (the ids are distinct); where, not a product, since 0 · -inf is NaN
+        bias = torch.where(hits, self._biases.to(candidates.values), 0).sum(dim=-1)
         return candidates.with_values(torch.where(hits.any(dim=-1), candidates.values + bias, candidates.values))
 
 

@@ -17,17 +17,35 @@ NEG_INF = float("-inf")
 class ValueProcessor(Processor):
     """A processor whose rule sees only a row's values, never token ids.
 
-    Such a rule gives the same result on a candidate set's values as on the dense row (tokens outside the
-    set are ``-inf`` and carry no probability), so the candidate path simply reuses :meth:`process`.
+    Tokens outside a candidate set are ``-inf`` and carry no probability, so such a rule keeps the same
+    tokens on a candidate set's values as on the dense row. When its float arithmetic is also exact there
+    (elementwise rules, thresholds read off the values), set ``candidates_exact`` and the candidate path
+    simply reuses :meth:`process` on the ``[B, k]`` values.
+
+    Rules built on row reductions (a softmax's sum, an entropy) round differently when the same values sit
+    at other positions of a shorter row — the vectorised kernels add them in other groupings — and would
+    then disagree with the dense path (and with transformers) when a value falls exactly at a threshold.
+    Those leave ``candidates_exact`` False: the candidate path runs :meth:`process` on the dense row it
+    stands for and reads the candidates back, which is exact and costs one dense pass.
     """
 
     supports_candidates = True
     #: whether the rule keeps the descending order of values (it only divides or removes the smallest)
     keeps_order = False
+    #: whether :meth:`process` on a candidate set's values gives bit-for-bit what it gives on the dense row
+    candidates_exact = True
 
     def process_candidates(self, input_ids: torch.LongTensor, candidates: Candidates) -> Candidates:
-        values = self.process(input_ids, candidates.values)
+        if self.candidates_exact:
+            values = self.process(input_ids, candidates.values)
+        else:
+            values = _through_dense(self, input_ids, candidates)
         return candidates.with_values(values, still_sorted=self.keeps_order)
+
+
+def _through_dense(processor: Processor, input_ids: torch.LongTensor, candidates: Candidates) -> torch.Tensor:
+    """The candidates' values after running ``processor`` on the dense row they stand for."""
+    return processor.process(input_ids, candidates.to_dense()).gather(1, candidates.ids)
 
 
 class Temperature(ValueProcessor):
@@ -100,7 +118,8 @@ class TopP(ValueProcessor):
     """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches ``top_p``.
 
     Args:
-        top_p: in (0, 1]; 1 keeps everything.
+        top_p: in (0, 1]; 1 keeps every token (even those whose probability underflows to 0, which
+            transformers' class would remove; its ``generate`` does not apply top-p at 1).
         min_tokens_to_keep: always keep at least this many of the most likely tokens.
 
     Example:
@@ -115,13 +134,41 @@ class TopP(ValueProcessor):
         self.top_p = float(top_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
+    def _remove_sorted(self, ascending: torch.Tensor) -> torch.Tensor:
+        """transformers' rule on a row sorted ascending: a prefix of it to remove."""
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - self.top_p)
+        remove[..., -self.min_tokens_to_keep :] = False
+        return remove
+
     def process(self, input_ids, logits):
-        sorted_logits, sorted_ids = torch.sort(logits, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cumulative <= (1 - self.top_p)
-        remove_sorted[..., -self.min_tokens_to_keep :] = False
-        remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
+        if self.top_p >= 1.0:  # keep everything, also tokens whose probability underflows to 0
+            return logits.clone()
+        ascending, order = torch.sort(logits, descending=False)
+        remove_sorted = self._remove_sorted(ascending)
+        remove = remove_sorted.scatter(1, order, remove_sorted)
         return logits.masked_fill(remove, NEG_INF)
+
+    def process_candidates(self, input_ids, candidates):
+        if self.top_p >= 1.0:
+            return candidates
+        # The dense rule sorts the whole row: V - k tokens at -inf, then these k values ascending. Rebuild that
+        # row without a sort (O(V), against O(V log V)) so that its softmax and cumulative sum round exactly as
+        # the dense rule's; what is removed is a prefix of it, i.e. every value below the first one kept.
+        ascending = candidates.sorted().values.flip(-1)
+        rows, width = ascending.shape
+        vocab_size = candidates.vocab_size
+        row = ascending.new_full((rows, vocab_size), NEG_INF)
+        row[:, vocab_size - width :] = ascending
+        first_kept = self._remove_sorted(row).sum(dim=-1, keepdim=True).clamp(max=vocab_size - 1)
+        threshold = row.gather(1, first_kept)
+        last_removed = row.gather(1, (first_kept - 1).clamp(min=0))
+        if bool(((first_kept > 0) & (last_removed == threshold) & torch.isfinite(threshold)).any()):
+            # equal values on both sides of the cut: which of them survive is up to the dense rule's (unstable)
+            # sort, so ask the dense rule
+            return candidates.with_values(_through_dense(self, input_ids, candidates), still_sorted=True)
+        values = candidates.values.masked_fill(candidates.values < threshold, NEG_INF)
+        return candidates.with_values(values, still_sorted=True)
 
 
 class MinP(ValueProcessor):
@@ -138,6 +185,7 @@ class MinP(ValueProcessor):
 
     kind = "min_p"
     keeps_order = True
+    candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
 
     def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
         self.min_p = float(min_p)
@@ -154,22 +202,30 @@ class MinP(ValueProcessor):
 class TypicalP(ValueProcessor):
     """Locally typical sampling: keep the tokens whose surprise is closest to the entropy, up to ``typical_p`` mass.
 
+    Tokens are ranked by ``|-log p - H|`` (``H`` the entropy); the first ``count(cumulative mass < typical_p) + 1``
+    of that order are kept (transformers ``TypicalLogitsWarper``).
+
     Args:
-        typical_p: mass to keep, in (0, 1].
+        typical_p: mass to keep, in (0, 1]; 1 keeps every token.
         min_tokens_to_keep: always keep at least this many of the most typical tokens.
 
     Example:
         >>> TypicalP(0.5).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040,    -inf]])
+        >>> TypicalP(0.2).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
         tensor([[   -inf, -1.2040,    -inf]])
     """
 
     kind = "typical_p"
+    candidates_exact = False  # entropy and log-softmax are sums over the dense row
 
     def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
         self.typical_p = float(typical_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
     def process(self, input_ids, logits):
+        if self.typical_p >= 1.0:  # the cumulative mass may round below 1: keep everything explicitly
+            return logits.clone()
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
         entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)
         distance = torch.abs(-log_probs - entropy)
@@ -202,6 +258,7 @@ class EpsilonCutoff(ValueProcessor):
 
     kind = "epsilon_cutoff"
     keeps_order = True
+    candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
 
     def __init__(self, epsilon_cutoff: float, min_tokens_to_keep: int = 1):
         self.epsilon_cutoff = float(epsilon_cutoff)
@@ -220,19 +277,23 @@ class EtaCutoff(ValueProcessor):
         min_tokens_to_keep: always keep at least this many of the most likely tokens.
 
     Example:
-        >>> EtaCutoff(0.3).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        >>> EtaCutoff(0.5).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
         tensor([[-0.6931, -1.2040,    -inf]])
+        >>> EtaCutoff(0.3).process(None, torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+        tensor([[-0.6931, -1.2040, -1.6094]])
     """
 
     kind = "eta_cutoff"
     keeps_order = True
+    candidates_exact = False  # probabilities and entropy are sums over the dense row
 
     def __init__(self, eta_cutoff: float, min_tokens_to_keep: int = 1):
         self.eta_cutoff = float(eta_cutoff)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
     def process(self, input_ids, logits):
-        eta = torch.tensor(self.eta_cutoff, dtype=logits.dtype, device=logits.device)
+        # a float32 scalar, as in transformers: the threshold then rounds as its does in every dtype
+        eta = torch.tensor(self.eta_cutoff, dtype=torch.float32, device=logits.device)
         probs = logits.softmax(dim=-1)
         entropy = torch.distributions.Categorical(logits=logits).entropy()
         threshold = torch.min(eta, torch.sqrt(eta) * torch.exp(-entropy))[..., None]
@@ -242,19 +303,22 @@ class EtaCutoff(ValueProcessor):
 class TopNSigma(ValueProcessor):
     """Keep logits within ``top_n_sigma`` standard deviations of the row's maximum (llama.cpp top-nσ).
 
-    The standard deviation is the population one over the finite logits of the row, so the kept set does not
-    change with temperature.
+    Removes logits below ``max - n * std``, the standard deviation being the population one over the finite
+    logits of the row (computed in float64), so the kept set does not change with temperature.
 
     Args:
         top_n_sigma: n > 0.
 
     Example:
         >>> TopNSigma(1.0).process(None, torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
+        tensor([[-inf, -inf, 2., 3.]])
+        >>> TopNSigma(2.0).process(None, torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
         tensor([[-inf, 1., 2., 3.]])
     """
 
     kind = "top_n_sigma"
     keeps_order = True
+    candidates_exact = False  # mean and deviation are sums over the dense row
 
     def __init__(self, top_n_sigma: float):
         self.top_n_sigma = float(top_n_sigma)
@@ -262,11 +326,11 @@ class TopNSigma(ValueProcessor):
     def process(self, input_ids, logits):
         finite = torch.isfinite(logits)
         count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
-        values = torch.where(finite, logits, 0).float()
+        values = torch.where(finite, logits, 0).double()
         mean = values.sum(dim=-1, keepdim=True) / count
         variance = (torch.where(finite, values - mean, 0) ** 2).sum(dim=-1, keepdim=True) / count
-        threshold = logits.float().amax(dim=-1, keepdim=True) - self.top_n_sigma * variance.sqrt()
-        return logits.masked_fill(logits.float() < threshold, NEG_INF)
+        threshold = logits.double().amax(dim=-1, keepdim=True) - self.top_n_sigma * variance.sqrt()
+        return logits.masked_fill(logits.double() < threshold, NEG_INF)
 
 
 __all__ = ["Temperature", "TopK", "TopP", "MinP", "TypicalP", "EpsilonCutoff", "EtaCutoff", "TopNSigma"]
