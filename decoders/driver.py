@@ -127,7 +127,10 @@ class StepEvent:
 
 @dataclass
 class _ModelPair:
-    """A ``(model, tokenizer)`` pair, with the attributes of :class:`decoders.models.LoadedModel`."""
+    """A caller's ``(model, tokenizer)``, with the attributes the driver reads from a ``LoadedModel``.
+
+    Unlike ``LoadedModel`` it needs no transformers config, so any model with the forward interface works.
+    """
 
     model: Any
     tokenizer: Any
@@ -135,12 +138,14 @@ class _ModelPair:
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return ()
-        return tuple(int(i) for i in eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        """The tokenizer's EOS id and the generation config's, without repeats."""
+        generation_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids: list[int] = []
+        for value in (self.tokenizer.eos_token_id, generation_eos):
+            for token_id in value if isinstance(value, (list, tuple)) else [value]:
+                if token_id is not None and int(token_id) not in ids:
+                    ids.append(int(token_id))
+        return tuple(ids)
 
     @property
     def context_length(self) -> int | None:
@@ -154,7 +159,11 @@ def _resolve_model(model: Any) -> Any:
 
         return load_model(None if model is None else str(model))
     if isinstance(model, tuple) and len(model) == 2:
-        return _ModelPair(model[0], model[1], getattr(getattr(model[0], "config", None), "name_or_path", "") or type(model[0]).__name__)
+        return _ModelPair(
+            model[0],
+            model[1],
+            getattr(getattr(model[0], "config", None), "name_or_path", "") or type(model[0]).__name__,
+        )
     if hasattr(model, "model") and hasattr(model, "tokenizer"):
         return model
     raise GenerationError(
@@ -421,7 +430,9 @@ class _Generation:
             self.next_positions = self.next_positions + 1
         logits = self.logits.float()
         stages = [("model", logits)] if self.trace else None
-        observer = (lambda index, processor, before, after: stages.append((processor.kind, after))) if self.trace else None
+        observer = (
+            (lambda index, processor, before, after: stages.append((processor.kind, after))) if self.trace else None
+        )
         scores = self.chain.run(self.ids[:, :length], logits, observer)
         tokens = self.chain.choose(scores, self.generators)
         if any(self.finished):
@@ -514,7 +525,8 @@ def stream(
             gives row ``i`` its own generator seeded with ``seed + i``; a list gives one seed per prompt. With
             per-row generators a row's tokens depend only on its prompt, strategy and seed (and on the model's
             numerics, which are the same whatever else is in the batch as long as the padding is the same).
-        stop: a string or strings; a row ends when its text contains one, and its text is cut before it.
+        stop: a string or strings; a row ends when its generated text contains one, and the text is cut
+            before it.
         chat: wrap each prompt as a user message with the tokenizer's chat template.
         trace: record every step's stages (see :class:`StepRecord`); off costs nothing.
         top: how many candidates per stage a trace keeps.

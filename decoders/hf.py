@@ -54,13 +54,17 @@ class ChainLogitsProcessor(LogitsProcessor):
             self.chain.accept(input_ids[:, -1])
         else:
             self.chain.reset(
-                DecodeContext(prompt_length=input_ids.shape[1], eos_token_ids=self.eos_token_ids, tokenizer=self.tokenizer)
+                DecodeContext(
+                    prompt_length=input_ids.shape[1], eos_token_ids=self.eos_token_ids, tokenizer=self.tokenizer
+                )
             )
         self._length, self._last_tokens = input_ids.shape[1], input_ids[:, -1].clone()
         return self.chain.process(input_ids, scores)
 
 
-def strategy_to_logits_processor(strategy: Any, eos_token_ids: tuple[int, ...] = (), tokenizer: Any = None) -> ChainLogitsProcessor:
+def strategy_to_logits_processor(
+    strategy: Any, eos_token_ids: tuple[int, ...] = (), tokenizer: Any = None
+) -> ChainLogitsProcessor:
     """A :class:`ChainLogitsProcessor` for anything :meth:`Strategy.resolve` accepts (its selector is not used).
 
     Args:

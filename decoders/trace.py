@@ -106,7 +106,9 @@ def _chosen_probabilities(scores: Scores, chosen: torch.Tensor) -> list[float]:
 
 def _candidates(ids: list[int], log_probs: list[float], texts: dict[int, str]) -> list[TokenProb]:
     return [
-        TokenProb(token_id=i, token=texts[i], probability=math.exp(lp)) for i, lp in zip(ids, log_probs) if lp > -math.inf
+        TokenProb(token_id=i, token=texts[i], probability=math.exp(lp))
+        for i, lp in zip(ids, log_probs)
+        if lp > -math.inf
     ]
 
 

@@ -46,7 +46,9 @@ def gpt2(tiny_gpt2_dir):
 def hf_greedy(model, tokenizer, prompts, max_new_tokens, **options):
     """What ``model.generate`` writes for each prompt: generated ids up to and including the first EOS."""
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+    output = model.generate(
+        **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
+    )
     rows = output[:, inputs["input_ids"].shape[1] :].tolist()
     eos = model.generation_config.eos_token_id
     return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
@@ -200,7 +202,9 @@ def test_same_seed_same_tokens_and_rows_independent_of_the_batch(tiny):
 )
 def test_sequence_frequencies_match_exact_probabilities(strategy, table):
     draws, max_new_tokens = 5000, 3
-    results = decoders.generate(["a"] * draws, strategy, model=(TableLM(TABLE), table_tokenizer()), max_new_tokens=max_new_tokens, seed=0)
+    results = decoders.generate(
+        ["a"] * draws, strategy, model=(TableLM(TABLE), table_tokenizer()), max_new_tokens=max_new_tokens, seed=0
+    )
     counts = Counter(tuple(r.generated_ids) for r in results)
     expected = sequence_probabilities(table, A, max_new_tokens)
     assert set(counts) <= set(expected), "a sequence the truncation forbids was generated"
@@ -283,7 +287,11 @@ def test_max_new_tokens_zero_returns_empty_text_without_running_the_model():
 
 def test_trace_records_every_stage_and_the_chosen_token(tiny):
     strategy = {
-        "processors": [{"kind": "temperature", "temperature": 0.7}, {"kind": "top_k", "top_k": 5}, {"kind": "top_p", "top_p": 0.8}],
+        "processors": [
+            {"kind": "temperature", "temperature": 0.7},
+            {"kind": "top_k", "top_k": 5},
+            {"kind": "top_p", "top_p": 0.8},
+        ],
         "selector": {"kind": "sample"},
     }
     model, tokenizer = tiny
@@ -312,7 +320,7 @@ def test_trace_in_stream_events(gpt2):
     assert all(e.records[row].step == e.step for e in events[:-1] for row in range(2))
     assert events[-1].results[0].steps == [e.records[0] for e in events[:-1]]
     assert [s.stage for s in events[0].records[0].stages] == ["model"]
-    assert list(decoders.stream("Once", model=gpt2, max_new_tokens=1))[0].records is None
+    assert next(decoders.stream("Once", model=gpt2, max_new_tokens=1)).records is None
 
 
 # ---- models, prompts and results ------------------------------------------------------------------------
@@ -324,7 +332,7 @@ def test_generations_read_the_only_result_and_refuse_to_guess(gpt2):
     two = decoders.generate(["Once", "The"], model=gpt2, max_new_tokens=3)
     assert two[1].prompt == "The"
     with pytest.raises(GenerationError, match=r"2 results.*index"):
-        two.text
+        _ = two.text
 
 
 def test_model_by_folder_and_as_loaded_model(tiny_gpt2_dir, gpt2):
@@ -349,7 +357,11 @@ def test_chat_applies_the_template(gpt2):
         (["Once", ""], {}, r"prompt 1 is empty"),
         ([], {}, r"no prompts"),
         ("Once " * 130, {}, r"has \d+ tokens.*context length of 128.*shorten the prompt"),
-        ("Once", {"max_new_tokens": 128}, r"1 token and max_new_tokens is 128: 129 > .* 128 tokens.*lower max_new_tokens to 127"),
+        (
+            "Once",
+            {"max_new_tokens": 128},
+            r"1 token and max_new_tokens is 128: 129 > .* 128 tokens.*lower max_new_tokens to 127",
+        ),
         ("Once", {"max_new_tokens": -1}, r"max_new_tokens must be .*≥ 0, got -1"),
         (["a", "b", "c"], {"seed": [1, 2]}, r"2 seeds for 3 prompts.*one seed per prompt"),
         ("Once", {"stop": ["", "x"]}, r"stop strings must be non-empty"),

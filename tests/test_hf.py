@@ -11,7 +11,10 @@ from decoders.hf import ChainLogitsProcessor, generation_config_to_strategy, str
 
 PROMPTS = ["The quick brown fox jumps", "Once", "Decoding strategies choose"]
 PENALISED_GREEDY = {
-    "processors": [{"kind": "repetition_penalty", "repetition_penalty": 1.5}, {"kind": "no_repeat_ngram", "no_repeat_ngram_size": 2}],
+    "processors": [
+        {"kind": "repetition_penalty", "repetition_penalty": 1.5},
+        {"kind": "no_repeat_ngram", "no_repeat_ngram_size": 2},
+    ],
     "selector": {"kind": "greedy"},
 }
 
@@ -37,9 +40,13 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens, **options):
 def test_chain_inside_model_generate_matches_the_driver_and_transformers(tiny, prompts):
     model, tokenizer = tiny
     processor = strategy_to_logits_processor(PENALISED_GREEDY)
-    inside_hf = hf_generate(model, tokenizer, prompts, 20, do_sample=False, logits_processor=LogitsProcessorList([processor]))
+    inside_hf = hf_generate(
+        model, tokenizer, prompts, 20, do_sample=False, logits_processor=LogitsProcessorList([processor])
+    )
     driver = [r.generated_ids for r in decoders.generate(prompts, PENALISED_GREEDY, model=tiny, max_new_tokens=20)]
-    transformers_own = hf_generate(model, tokenizer, prompts, 20, do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    transformers_own = hf_generate(
+        model, tokenizer, prompts, 20, do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=2
+    )
     assert inside_hf == driver == transformers_own
     plain = [r.generated_ids for r in decoders.generate(prompts, model=tiny, max_new_tokens=20)]
     assert driver != plain  # the chain did change the output
@@ -50,10 +57,15 @@ def test_stateful_context_is_reset_for_each_generate_call(tiny):
     model, tokenizer = tiny
     eos = model.generation_config.eos_token_id
     strategy = decoders.Strategy.model_validate(
-        {"processors": [{"kind": "logit_bias", "logit_bias": {eos: 100.0}}, {"kind": "min_new_tokens", "min_new_tokens": 3}]}
+        {
+            "processors": [
+                {"kind": "logit_bias", "logit_bias": {eos: 100.0}},
+                {"kind": "min_new_tokens", "min_new_tokens": 3},
+            ]
+        }
     )
     processor = ChainLogitsProcessor(strategy.build(), eos_token_ids=(eos,))
-    options = dict(do_sample=False, logits_processor=LogitsProcessorList([processor]))
+    options = {"do_sample": False, "logits_processor": LogitsProcessorList([processor])}
     for prompts in (PROMPTS[:1], PROMPTS[1:]):
         rows = hf_generate(model, tokenizer, prompts, 10, **options)
         assert all(len(row) == 4 and row[-1] == eos and eos not in row[:3] for row in rows)
@@ -62,9 +74,13 @@ def test_stateful_context_is_reset_for_each_generate_call(tiny):
 
 def test_selector_is_not_used_transformers_samples(tiny):
     model, tokenizer = tiny
-    processor = strategy_to_logits_processor({"processors": [{"kind": "top_k", "top_k": 1}], "selector": {"kind": "sample"}})
+    processor = strategy_to_logits_processor(
+        {"processors": [{"kind": "top_k", "top_k": 1}], "selector": {"kind": "sample"}}
+    )
     torch.manual_seed(0)
-    sampled = hf_generate(model, tokenizer, PROMPTS, 8, do_sample=True, top_k=None, logits_processor=LogitsProcessorList([processor]))
+    sampled = hf_generate(
+        model, tokenizer, PROMPTS, 8, do_sample=True, top_k=None, logits_processor=LogitsProcessorList([processor])
+    )
     assert sampled == [r.generated_ids for r in decoders.generate(PROMPTS, model=tiny, max_new_tokens=8)]
 
 
@@ -77,5 +93,7 @@ def test_strategy_to_logits_processor_gives_dense_processed_scores():
 def test_generation_config_to_strategy(tiny):
     model, _ = tiny
     assert generation_config_to_strategy(model).describe() == "greedy"
-    sampling = type("Model", (), {"generation_config": GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=20)})
+    sampling = type(
+        "Model", (), {"generation_config": GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=20)}
+    )
     assert generation_config_to_strategy(sampling).describe() == "temperature(0.6) → top_k(20) → top_p(0.9) → sample"
