@@ -50,8 +50,8 @@ def vocab_sizes(draw, min_size: int = 2, max_size: int = 50257) -> int:
         if choices:
             return draw(st.sampled_from(choices))
     if size_class >= 16 and max_size > 64:
-        return draw(st.integers(max(65, min_size), min(600, max_size)))
-    return draw(st.integers(min_size, min(64, max_size)))
+        return draw(st.integers(max(65, min_size), max(600, min_size)))
+    return draw(st.integers(min_size, max(min_size, min(64, max_size))))
 
 
 def _fix_dead_rows(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
