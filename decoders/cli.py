@@ -10,6 +10,7 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -115,6 +116,8 @@ def generate(
         stream = len(prompts) == 1 and not as_json
     if stream and not as_json:
         results = None
+        if len(prompts) == 1:
+            console.print(f"[dim]{prompts[0]}[/]", end="", highlight=False)
         for event in decoders.stream(prompts, **options):
             if event.results is not None:
                 results = event.results
@@ -141,7 +144,9 @@ def generate(
 
 
 def token_table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold")
+    """A titled table of tokens; the title is printed above it, unwrapped."""
+    console.print(f"\n[bold]{title}[/]", highlight=False)
+    table = Table()
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "id", "probability", "before", "after") else "left")
     for row in rows:
@@ -222,7 +227,7 @@ def explain(
         )  # fmt: skip
     else:
         show = console.print
-        show(f"[bold]1. Input text[/]\n  {walk.text!r}\n", highlight=False)
+        show(f"[bold]1. Input text[/]\n  {walk.text!r}", highlight=False)
         show(token_table(f"2. Tokenization: {len(walk.tokens)} tokens, as the tokenizer spells them → 3. their ids",
                          [(n, repr(t), i) for n, (t, i) in enumerate(zip(walk.tokens, walk.input_ids[0].tolist()), 1)],
                          ("#", "token", "id")))  # fmt: skip
@@ -240,7 +245,7 @@ def explain(
         show(f"\n[bold]8. Step by step[/] with {chosen.describe()} (seed {seed})", highlight=False)
         text_so_far = walk.text
         for record in result.steps:
-            stages = " → ".join(f"{st.stage}: {st.survivors} left" for st in record.stages)
+            stages = " → ".join(f"{st.stage}: {st.survivors} tokens, H {st.entropy:.2f}" for st in record.stages)
             show(f"\n[bold]step {record.step + 1}[/] [dim]{stages}[/]", highlight=False)
             for n, c in enumerate(record.stages[-1].top, 1):
                 mark = "[green]✓[/]" if c.token_id == record.chosen.token_id else " "
@@ -321,10 +326,15 @@ def schema(
         sys.stdout.write(text)
 
 
-def main() -> None:
-    """Entry point of the ``decoders`` console script: clear one-line errors for expected failures."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``decoders`` console script: clear one-line errors for expected failures.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
     try:
-        app()
-    except DecodersError as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        app(args=argv, prog_name="decoders")
+    except (DecodersError, ValidationError) as exc:
+        label = "invalid strategy" if isinstance(exc, ValidationError) else "error"
+        error_console.print(f"[bold red]{label}:[/] {exc}", highlight=False)
         raise SystemExit(2) from None

