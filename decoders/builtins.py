@@ -15,11 +15,27 @@ from decoders.hookspecs import hookimpl
 MinTokensToKeep = Annotated[int, Field(ge=1, description="always keep at least this many of the most likely tokens")]
 
 
+def _not_off(field: str, off_values: tuple[float, ...], advice: str = ""):
+    """A "before" validator: a value other libraries use to mean "off" gets advice instead of a bare range error.
+
+    (Here 0 or -1 never means off: a processor is off when it is left out of the chain.)
+    """
+
+    def check(cls, value):
+        if not isinstance(value, bool) and isinstance(value, int | float) and value in off_values:
+            raise ValueError(advice or f"{field} {value} does not turn this processor off: leave the processor out instead")
+        return value
+
+    return field_validator(field, mode="before")(classmethod(check))
+
+
 class TemperatureConfig(ProcessorConfig):
     """Divide logits by a temperature (< 1 sharper, > 1 flatter)."""
 
     kind: Literal["temperature"] = "temperature"
     temperature: float = Field(gt=0, description="> 0; for temperature 0 use the greedy selector")
+
+    _greedy = _not_off("temperature", (0,), "temperature 0 means greedy decoding: use the greedy selector instead")
 
     def build(self):
         return p.Temperature(self.temperature)
@@ -31,6 +47,8 @@ class TopKConfig(ProcessorConfig):
     kind: Literal["top_k"] = "top_k"
     top_k: int = Field(ge=1)
     min_tokens_to_keep: MinTokensToKeep = 1
+
+    _off = _not_off("top_k", (0, -1))
 
     def build(self):
         return p.TopK(self.top_k, self.min_tokens_to_keep)
@@ -76,6 +94,8 @@ class EpsilonCutoffConfig(ProcessorConfig):
     epsilon_cutoff: float = Field(gt=0, lt=1)
     min_tokens_to_keep: MinTokensToKeep = 1
 
+    _off = _not_off("epsilon_cutoff", (0,))
+
     def build(self):
         return p.EpsilonCutoff(self.epsilon_cutoff, self.min_tokens_to_keep)
 
@@ -87,6 +107,8 @@ class EtaCutoffConfig(ProcessorConfig):
     eta_cutoff: float = Field(gt=0, lt=1)
     min_tokens_to_keep: MinTokensToKeep = 1
 
+    _off = _not_off("eta_cutoff", (0,))
+
     def build(self):
         return p.EtaCutoff(self.eta_cutoff, self.min_tokens_to_keep)
 
@@ -96,6 +118,8 @@ class TopNSigmaConfig(ProcessorConfig):
 
     kind: Literal["top_n_sigma"] = "top_n_sigma"
     top_n_sigma: float = Field(gt=0)
+
+    _off = _not_off("top_n_sigma", (0, -1))
 
     def build(self):
         return p.TopNSigma(self.top_n_sigma)
@@ -119,6 +143,8 @@ class PresenceFrequencyConfig(ProcessorConfig):
     frequency_penalty: float = 0.0
     penalty_last_n: int | None = Field(default=None, ge=1, description="count only the last n generated tokens")
 
+    _off = _not_off("penalty_last_n", (0, -1), "penalty_last_n must be ≥ 1; leave it out (None) to count every generated token")
+
     def build(self):
         return p.PresenceFrequency(self.presence_penalty, self.frequency_penalty, self.penalty_last_n)
 
@@ -129,6 +155,8 @@ class NoRepeatNGramConfig(ProcessorConfig):
     kind: Literal["no_repeat_ngram"] = "no_repeat_ngram"
     no_repeat_ngram_size: int = Field(ge=1)
 
+    _off = _not_off("no_repeat_ngram_size", (0,))
+
     def build(self):
         return p.NoRepeatNGram(self.no_repeat_ngram_size)
 
@@ -138,7 +166,9 @@ class MinNewTokensConfig(ProcessorConfig):
 
     kind: Literal["min_new_tokens"] = "min_new_tokens"
     min_new_tokens: int = Field(ge=0)
-    eos_token_id: NonNegativeInt | list[NonNegativeInt] | None = Field(default=None, description="default: the model's")
+    eos_token_id: NonNegativeInt | Annotated[list[NonNegativeInt], Field(min_length=1)] | None = Field(
+        default=None, description="default: the model's"
+    )
 
     def build(self):
         return p.MinNewTokens(self.min_new_tokens, self.eos_token_id)

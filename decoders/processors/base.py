@@ -9,10 +9,37 @@ Working on candidates instead of the whole vocabulary is where decoders gets its
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+def check_parameter(ok: bool, name: str, value: Any, rule: str, advice: str = "") -> None:
+    """Raise ``ValueError("<name> must be <rule>, got <value>; <advice>")`` unless ``ok``.
+
+    Processor constructors call it so that a bad value fails when the chain is built, not mid-generation.
+    """
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}" + (f"; {advice}" if advice else ""))
+
+
+def is_real(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value: Any, minimum: int) -> bool:
+    """An integer (Python or NumPy, not a bool) of at least ``minimum``."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return operator.index(value) >= minimum
+    except TypeError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from decoders.processors.base import Processor
+from decoders.processors.base import Processor, check_parameter, is_count
 
 NEG_INF = float("-inf")
 
@@ -36,8 +36,17 @@ class MinNewTokens(Processor):
     supports_candidates = True
 
     def __init__(self, min_new_tokens: int, eos_token_id: int | list[int] | None = None):
+        check_parameter(is_count(min_new_tokens, 0), "min_new_tokens", min_new_tokens, "an integer ≥ 0")
+        if eos_token_id is None:
+            eos = None
+        else:
+            eos = list(eos_token_id) if isinstance(eos_token_id, list | tuple) else [eos_token_id]
+        check_parameter(
+            eos is None or (len(eos) > 0 and all(is_count(i, 0) for i in eos)), "eos_token_id", eos_token_id,
+            "a token id ≥ 0, a non-empty list of them, or None", "None uses the model's end-of-sequence ids",
+        )  # fmt: skip
         self.min_new_tokens = int(min_new_tokens)
-        self.eos_token_id = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        self.eos_token_id = None if eos is None else [int(i) for i in eos]
 
     def _eos_ids(self) -> list[int]:
         eos = self.eos_token_id if self.eos_token_id is not None else list(self.context.eos_token_ids)
@@ -82,6 +91,13 @@ class LogitBias(Processor):
     supports_candidates = True
 
     def __init__(self, logit_bias: dict[int, float]):
+        check_parameter(len(logit_bias) > 0, "logit_bias", logit_bias, "a non-empty {token_id: bias} mapping")
+        for token, bias in logit_bias.items():
+            check_parameter(is_count(token, 0), "a logit_bias token id", token, "an integer ≥ 0")
+            check_parameter(
+                bias == bias and bias != float("inf"), f"the bias of token {token}", bias, "a finite number or -inf",
+                "-inf bans the token",
+            )  # fmt: skip
         self.logit_bias = {int(k): float(v) for k, v in logit_bias.items()}
         self._ids = torch.tensor(list(self.logit_bias), dtype=torch.long)
         self._biases = torch.tensor(list(self.logit_bias.values()), dtype=torch.float32)
@@ -115,6 +131,13 @@ class BadWords(Processor):
     supports_candidates = True
 
     def __init__(self, bad_words_ids: list[list[int]]):
+        check_parameter(
+            len(bad_words_ids) > 0 and all(len(seq) > 0 for seq in bad_words_ids), "bad_words_ids", bad_words_ids,
+            "a non-empty list of non-empty token-id sequences",
+        )  # fmt: skip
+        check_parameter(
+            all(is_count(i, 0) for seq in bad_words_ids for i in seq), "bad_words_ids", bad_words_ids, "token ids ≥ 0"
+        )
         self.bad_words_ids = [list(map(int, seq)) for seq in bad_words_ids]
         by_length: dict[int, list[list[int]]] = defaultdict(list)
         for seq in self.bad_words_ids:

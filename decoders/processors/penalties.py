@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decoders.processors.base import Processor
+from decoders.processors.base import Processor, check_parameter, is_count, is_real
 
 NEG_INF = float("-inf")
 
@@ -33,6 +33,10 @@ class RepetitionPenalty(Processor):
     supports_candidates = True
 
     def __init__(self, repetition_penalty: float):
+        check_parameter(
+            is_real(repetition_penalty) and repetition_penalty > 0, "repetition_penalty", repetition_penalty,
+            "a finite number > 0", "1 is no penalty, above 1 discourages repetition",
+        )  # fmt: skip
         self.repetition_penalty = float(repetition_penalty)
 
     def _penalise(self, values: torch.Tensor) -> torch.Tensor:
@@ -72,6 +76,12 @@ class PresenceFrequency(Processor):
     supports_candidates = True
 
     def __init__(self, presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int | None = None):
+        check_parameter(is_real(presence_penalty), "presence_penalty", presence_penalty, "a finite number")
+        check_parameter(is_real(frequency_penalty), "frequency_penalty", frequency_penalty, "a finite number")
+        check_parameter(
+            penalty_last_n is None or is_count(penalty_last_n, 1), "penalty_last_n", penalty_last_n,
+            "None or an integer ≥ 1", "None counts every generated token",
+        )  # fmt: skip
         self.presence_penalty = float(presence_penalty)
         self.frequency_penalty = float(frequency_penalty)
         self.penalty_last_n = penalty_last_n
@@ -79,7 +89,7 @@ class PresenceFrequency(Processor):
     def _generated(self, input_ids: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.context.prompt_length :]
         if self.penalty_last_n is not None:
-            generated = generated[:, -self.penalty_last_n :] if self.penalty_last_n > 0 else generated[:, :0]
+            generated = generated[:, -self.penalty_last_n :]
         return generated
 
     def _penalty(self, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -111,6 +121,10 @@ class NoRepeatNGram(Processor):
     supports_candidates = True
 
     def __init__(self, no_repeat_ngram_size: int):
+        check_parameter(
+            is_count(no_repeat_ngram_size, 1), "no_repeat_ngram_size", no_repeat_ngram_size, "an integer ≥ 1",
+            "to allow every repetition, leave no_repeat_ngram out",
+        )  # fmt: skip
         self.no_repeat_ngram_size = int(no_repeat_ngram_size)
 
     def _banned(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from decoders.processors.base import Candidates, Processor
+from decoders.processors.base import Candidates, Processor, check_parameter, is_count, is_real
 
 NEG_INF = float("-inf")
+
+
+def _check_min_keep(min_tokens_to_keep: int) -> None:
+    check_parameter(is_count(min_tokens_to_keep, 1), "min_tokens_to_keep", min_tokens_to_keep, "an integer ≥ 1")
 
 
 class ValueProcessor(Processor):
@@ -63,8 +67,10 @@ class Temperature(ValueProcessor):
     keeps_order = True
 
     def __init__(self, temperature: float):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}; temperature 0 is greedy: use the greedy selector")
+        check_parameter(
+            is_real(temperature) and temperature > 0, "temperature", temperature, "a finite number > 0",
+            "temperature 0 is greedy: use the greedy selector",
+        )  # fmt: skip
         self.temperature = float(temperature)
 
     def process(self, input_ids, logits):
@@ -87,6 +93,8 @@ class TopK(ValueProcessor):
     keeps_order = True
 
     def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
+        check_parameter(is_count(top_k, 1), "top_k", top_k, "an integer ≥ 1", "to keep every token, leave top_k out")
+        _check_min_keep(min_tokens_to_keep)
         self.top_k = max(int(top_k), int(min_tokens_to_keep))
 
     def process(self, input_ids, logits):
@@ -131,6 +139,8 @@ class TopP(ValueProcessor):
     keeps_order = True
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
+        check_parameter(is_real(top_p) and 0 < top_p <= 1, "top_p", top_p, "in (0, 1]", "1 keeps every token")
+        _check_min_keep(min_tokens_to_keep)
         self.top_p = float(top_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
@@ -188,6 +198,8 @@ class MinP(ValueProcessor):
     candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
 
     def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
+        check_parameter(is_real(min_p) and 0 <= min_p <= 1, "min_p", min_p, "in [0, 1]", "0 keeps every token")
+        _check_min_keep(min_tokens_to_keep)
         self.min_p = float(min_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
@@ -220,6 +232,8 @@ class TypicalP(ValueProcessor):
     candidates_exact = False  # entropy and log-softmax are sums over the dense row
 
     def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
+        check_parameter(is_real(typical_p) and 0 < typical_p <= 1, "typical_p", typical_p, "in (0, 1]", "1 keeps every token")
+        _check_min_keep(min_tokens_to_keep)
         self.typical_p = float(typical_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
@@ -261,6 +275,11 @@ class EpsilonCutoff(ValueProcessor):
     candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
 
     def __init__(self, epsilon_cutoff: float, min_tokens_to_keep: int = 1):
+        check_parameter(
+            is_real(epsilon_cutoff) and 0 < epsilon_cutoff < 1, "epsilon_cutoff", epsilon_cutoff, "in (0, 1)",
+            "to keep every token, leave epsilon_cutoff out",
+        )  # fmt: skip
+        _check_min_keep(min_tokens_to_keep)
         self.epsilon_cutoff = float(epsilon_cutoff)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
@@ -288,6 +307,11 @@ class EtaCutoff(ValueProcessor):
     candidates_exact = False  # probabilities and entropy are sums over the dense row
 
     def __init__(self, eta_cutoff: float, min_tokens_to_keep: int = 1):
+        check_parameter(
+            is_real(eta_cutoff) and 0 < eta_cutoff < 1, "eta_cutoff", eta_cutoff, "in (0, 1)",
+            "to keep every token, leave eta_cutoff out",
+        )  # fmt: skip
+        _check_min_keep(min_tokens_to_keep)
         self.eta_cutoff = float(eta_cutoff)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
 
@@ -321,6 +345,10 @@ class TopNSigma(ValueProcessor):
     candidates_exact = False  # mean and deviation are sums over the dense row
 
     def __init__(self, top_n_sigma: float):
+        check_parameter(
+            is_real(top_n_sigma) and top_n_sigma > 0, "top_n_sigma", top_n_sigma, "a finite number > 0",
+            "to keep every token, leave top_n_sigma out",
+        )  # fmt: skip
         self.top_n_sigma = float(top_n_sigma)
 
     def process(self, input_ids, logits):
