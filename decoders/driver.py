@@ -64,6 +64,11 @@ class Generations(list):
 
     ``text``, ``generated_ids``, ``prompt_ids`` and ``finish_reason`` read the only result when there is
     exactly one, so ``generate("Hi").text`` works; with several, index first: ``generate(["a", "b"])[1].text``.
+
+    Example:
+        >>> results = decoders.generate(["Once", "The"], model=(model, tokenizer), max_new_tokens=4)  # doctest: +SKIP
+        >>> [r.finish_reason for r in results], results[1].prompt  # doctest: +SKIP
+        (['length', 'length'], 'The')
     """
 
     def _only(self, field: str) -> GenerationResult:
@@ -441,7 +446,12 @@ class _Generation:
         self.chain.accept(tokens)
 
         active = [row for row, done in enumerate(self.finished) if not done]
-        step_trace = step_records(step, stages, tokens, self.tokenizer, rows=active, top=self.top) if self.trace else []
+        records: list[StepRecord | None] | None = None
+        if self.trace:
+            records = [None] * len(self.finished)
+            for record in step_records(step, stages, tokens, self.tokenizer, rows=active, top=self.top):
+                records[record.row] = record
+                self.records[record.row].append(record)
         token_ids: list[int | None] = [None] * len(self.finished)
         texts = [""] * len(self.finished)
         chosen = tokens.tolist()
@@ -460,12 +470,6 @@ class _Generation:
                 self._finish(row, "length")
             if row_text is not None:
                 texts[row] = row_text.take(final=self.finished[row])
-        records: list[StepRecord | None] | None = None
-        if self.trace:
-            records = [None] * len(self.finished)
-            for record in step_trace:
-                records[record.row] = record
-                self.records[record.row].append(record)
         return StepEvent(step, token_ids, texts, list(self.finished), records)
 
     def _finish(self, row: int, reason: FinishReason) -> None:
