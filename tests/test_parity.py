@@ -315,6 +315,18 @@ def test_logit_bias_with_several_bans_after_top_k():
         assert_same(chain.process(NO_IDS.expand(2, 0), x), expected)
 
 
+@pytest.mark.parametrize("use_candidates", [True, False])
+def test_penalties_ignore_ids_the_model_cannot_output(use_candidates):
+    """An embedding table can be larger than the output layer: transformers ignores such ids, so do we."""
+    ids = torch.tensor([[3, 12, 11, 3], [10, 0, 1, 2]])
+    x = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
+    expected = RepetitionPenaltyLogitsProcessor(1.5)(ids, x)
+    chain = build([{"kind": "repetition_penalty", "repetition_penalty": 1.5}], use_candidates=use_candidates)
+    assert_same(chain.process(ids, x), expected)
+    chain = build([{"kind": "presence_frequency", "presence_penalty": 1.0}], use_candidates=use_candidates)
+    assert_same(chain.process(ids, x), x - torch.tensor([[0.0, 0, 0, 1] + [0] * 6, [1.0, 1, 1] + [0] * 7]))
+
+
 def test_repetition_penalty_counts_the_prompt_and_each_token_once():
     ids = torch.tensor([[3, 3, 3, 1]])
     x = torch.tensor([[1.0, 2.0, -2.0, 4.0, 0.0]])

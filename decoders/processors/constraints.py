@@ -73,6 +73,7 @@ class MinNewTokens(Processor):
         if not self._active(input_ids):
             return candidates
         eos = torch.tensor(self._eos_ids(), device=candidates.ids.device)
+        _check_ids("min_new_tokens eos_token_id", eos, candidates.vocab_size)
         return candidates.with_values(candidates.values.masked_fill(torch.isin(candidates.ids, eos), NEG_INF))
 
 

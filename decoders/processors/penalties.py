@@ -45,8 +45,12 @@ class RepetitionPenalty(Processor):
     def process(self, input_ids, logits):
         if input_ids.shape[-1] == 0:
             return logits.clone()
-        seen = logits.gather(1, input_ids)
-        return logits.scatter(1, input_ids, self._penalise(seen))
+        # ids the model cannot output (an embedding table larger than the output layer) go to a spare column
+        vocab_size = logits.shape[-1]
+        ids = input_ids.clamp(max=vocab_size)
+        padded = torch.nn.functional.pad(logits, (0, 1))
+        seen = padded.gather(1, ids)
+        return padded.scatter(1, ids, self._penalise(seen))[:, :vocab_size]
 
     def process_candidates(self, input_ids, candidates):
         seen = _membership(candidates.ids, input_ids) > 0
@@ -98,7 +102,9 @@ class PresenceFrequency(Processor):
 
     def process(self, input_ids, logits):
         generated = self._generated(input_ids)
-        counts = torch.zeros_like(logits, dtype=torch.int64).scatter_add(1, generated, torch.ones_like(generated))
+        vocab_size = logits.shape[-1]
+        counts = logits.new_zeros((logits.shape[0], vocab_size + 1), dtype=torch.int64)  # + a spare column, as above
+        counts = counts.scatter_add(1, generated.clamp(max=vocab_size), torch.ones_like(generated))[:, :vocab_size]
         return logits - self._penalty(counts, logits.dtype)
 
     def process_candidates(self, input_ids, candidates):
