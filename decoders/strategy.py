@@ -67,6 +67,7 @@ COMPARE_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "to
 _NOT_STRATEGY_FIELDS = {
     "transformers_version", "max_length", "max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id",
     "use_cache", "return_dict_in_generate", "output_scores", "output_logits", "cache_implementation",
+    "_from_model_config", "output_attentions", "output_hidden_states",
 }  # fmt: skip
 _WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 _SUPPORTED_FIELDS = {
