@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
@@ -35,7 +35,7 @@ from transformers.generation.logits_process import (
 
 import decoders
 from decoders.processors import Candidates, DecodeContext
-from tests.logits_strategies import NEG_INF, assert_same, build, logits, one_thread, token_ids  # noqa: F401 (fixture)
+from tests.logits_strategies import LARGE_VOCABS, NEG_INF, assert_same, build, logits, one_thread, token_ids  # noqa: F401 (fixture)
 
 NO_IDS = torch.zeros(1, 0, dtype=torch.long)
 
@@ -234,11 +234,18 @@ def test_processor_matches_transformers(kind, data):
     assert_same(processor.process(case.input_ids, x), expected, x.dtype)
 
 
+#: wider vocabularies than the default mix, so that the candidate path meets real sizes more often
+WIDER_VOCABS = st.integers(0, 5).flatmap(
+    lambda c: st.sampled_from(LARGE_VOCABS) if c == 5 else st.integers(65, 600) if c >= 3 else st.integers(3, 64)
+)
+
+
+@settings(max_examples=100)
 @pytest.mark.parametrize("kind", [k for k in CASES if k != "top_k"])
 @given(data=st.data())
 def test_after_top_k_matches_transformers(kind, data):
     """top_k first, then ``kind`` — on the candidate set when the vocabulary is wide enough."""
-    x = data.draw(logits(min_vocab=3 if kind == "bad_words" else 2), label="logits")
+    x = data.draw(logits(vocab=data.draw(WIDER_VOCABS, label="vocab")), label="logits")
     vocab = x.shape[-1]
     k = data.draw(st.integers(1, max(1, vocab // 3)) | st.integers(1, vocab + 2), label="top_k")
     case = CASES[kind](data, *x.shape)

@@ -328,7 +328,9 @@ class TopNSigma(ValueProcessor):
     """Keep logits within ``top_n_sigma`` standard deviations of the row's maximum (llama.cpp top-nσ).
 
     Removes logits below ``max - n * std``, the standard deviation being the population one over the finite
-    logits of the row (computed in float64), so the kept set does not change with temperature.
+    logits of the row (computed in float64). Dividing the logits by a temperature divides both sides, so the
+    kept set does not change (exactly so for powers of two; otherwise a token lying at the boundary itself
+    may move across it by one rounding).
 
     Args:
         top_n_sigma: n > 0.
