@@ -345,6 +345,7 @@ class _Generation:
         chat: bool,
         trace: bool,
         top: int,
+        ignore_eos: bool,
         texts: bool,
     ):
         self.prompts = _as_prompts(prompts)
@@ -353,7 +354,7 @@ class _Generation:
             raise GenerationError(f"max_new_tokens must be a whole number ≥ 0, got {max_new_tokens!r}")
         if trace and top < 1:
             raise GenerationError(f"top must be ≥ 1 to trace, got {top}")
-        self.max_new_tokens, self.trace, self.top = max_new_tokens, trace, top
+        self.max_new_tokens, self.trace, self.top, self.ignore_eos = max_new_tokens, trace, top, ignore_eos
         self.generators = _generators(seed, len(self.prompts))
         self.chain = Strategy.resolve(strategy).build()
         self.loaded = _resolve_model(model)
@@ -394,7 +395,7 @@ class _Generation:
         eos = self.loaded.eos_token_ids
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (eos[0] if eos else 0)
-        self.eos = set(eos)
+        self.eos = set() if self.ignore_eos else set(eos)
         self.prompt_length = width
         model = self.loaded.model
         device = _device(model)
@@ -510,6 +511,7 @@ def stream(
     chat: bool = False,
     trace: bool = False,
     top: int = 10,
+    ignore_eos: bool = False,
 ) -> Iterator[StepEvent]:
     """Generate step by step: one :class:`StepEvent` per step, then a final event carrying the results.
 
@@ -534,6 +536,8 @@ def stream(
         chat: wrap each prompt as a user message with the tokenizer's chat template.
         trace: record every step's stages (see :class:`StepRecord`); off costs nothing.
         top: how many candidates per stage a trace keeps.
+        ignore_eos: keep generating after an end-of-sequence token (for benchmarks: every row then runs
+            exactly ``max_new_tokens`` steps unless a stop string ends it).
 
     Example:
         >>> events = list(decoders.stream(["Hi", "Hello"], "top_k", model=(model, tokenizer), seed=0))  # doctest: +SKIP
@@ -542,7 +546,7 @@ def stream(
     """
     run = _Generation(
         prompts, strategy, model, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, trace=trace, top=top,
-        texts=True,
+        ignore_eos=ignore_eos, texts=True,
     )  # fmt: skip
     return run.events()
 
@@ -558,6 +562,7 @@ def generate(
     chat: bool = False,
     trace: bool = False,
     top: int = 10,
+    ignore_eos: bool = False,
 ) -> Generations:
     """Generate a continuation of each prompt with a decoding strategy; the arguments are :func:`stream`'s.
 
@@ -572,7 +577,7 @@ def generate(
     """
     run = _Generation(
         prompts, strategy, model, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, trace=trace, top=top,
-        texts=False,
+        ignore_eos=ignore_eos, texts=False,
     )  # fmt: skip
     for event in run.events():
         if event.results is not None:

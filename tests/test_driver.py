@@ -254,6 +254,14 @@ def test_eos_ends_a_row_and_finished_rows_are_no_longer_reported():
     assert len(events) == len(second.generated_ids) + 1  # the loop ends as soon as every row has finished
 
 
+def test_ignore_eos_runs_every_row_to_max_new_tokens():
+    model, tokenizer = scripted("Hi", "Hello world", eos=True)
+    results = decoders.generate(["a", "b"], model=(model, tokenizer), max_new_tokens=12, ignore_eos=True)
+    assert [len(r.generated_ids) for r in results] == [12, 12]
+    assert [r.finish_reason for r in results] == ["length", "length"]
+    assert results[0].generated_ids[: len(tokenizer.encode("Hi")) + 1] == tokenizer.encode("Hi") + [tokenizer.eos_token_id]
+
+
 def test_stop_strings_cut_the_text_and_end_the_row():
     model, tokenizer = scripted("Hello world. Bye", "Hello world. Bye", "Hello world. Bye")
     results = decoders.generate(["a", "b", "c"], model=(model, tokenizer), max_new_tokens=11, stop=[". ", "lo wo"])
