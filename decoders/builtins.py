@@ -23,7 +23,9 @@ def _not_off(field: str, off_values: tuple[float, ...], advice: str = ""):
 
     def check(cls, value):
         if not isinstance(value, bool) and isinstance(value, int | float) and value in off_values:
-            raise ValueError(advice or f"{field} {value} does not turn this processor off: leave the processor out instead")
+            raise ValueError(
+                advice or f"{field} {value} does not turn this processor off: leave the processor out instead"
+            )
         return value
 
     return field_validator(field, mode="before")(classmethod(check))
@@ -143,7 +145,9 @@ class PresenceFrequencyConfig(ProcessorConfig):
     frequency_penalty: float = 0.0
     penalty_last_n: int | None = Field(default=None, ge=1, description="count only the last n generated tokens")
 
-    _off = _not_off("penalty_last_n", (0, -1), "penalty_last_n must be ≥ 1; leave it out (None) to count every generated token")
+    _off = _not_off(
+        "penalty_last_n", (0, -1), "penalty_last_n must be ≥ 1; leave it out (None) to count every generated token"
+    )
 
     def build(self):
         return p.PresenceFrequency(self.presence_penalty, self.frequency_penalty, self.penalty_last_n)

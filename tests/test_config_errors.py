@@ -50,14 +50,26 @@ INVALID = [
     ({"kind": "eta_cutoff", "eta_cutoff": 1.5}, "eta_cutoff.eta_cutoff", "less than 1"),
     ({"kind": "top_n_sigma", "top_n_sigma": 0}, "top_n_sigma.top_n_sigma", "leave the processor out"),
     ({"kind": "top_n_sigma", "top_n_sigma": -2.0}, "top_n_sigma.top_n_sigma", "greater than 0"),
-    ({"kind": "repetition_penalty", "repetition_penalty": 0}, "repetition_penalty.repetition_penalty", "greater than 0"),
+    (
+        {"kind": "repetition_penalty", "repetition_penalty": 0},
+        "repetition_penalty.repetition_penalty",
+        "greater than 0",
+    ),
     ({"kind": "presence_frequency", "penalty_last_n": 0}, "presence_frequency.penalty_last_n", "≥ 1"),
     ({"kind": "presence_frequency", "penalty_last_n": -1}, "presence_frequency.penalty_last_n", "≥ 1"),
     ({"kind": "presence_frequency", "presence_penalty": NAN}, "presence_frequency.presence_penalty", "finite"),
     ({"kind": "presence_frequency", "frequency_penalty": INF}, "presence_frequency.frequency_penalty", "finite"),
-    ({"kind": "no_repeat_ngram", "no_repeat_ngram_size": 0}, "no_repeat_ngram.no_repeat_ngram_size", "leave the processor out"),
+    (
+        {"kind": "no_repeat_ngram", "no_repeat_ngram_size": 0},
+        "no_repeat_ngram.no_repeat_ngram_size",
+        "leave the processor out",
+    ),
     ({"kind": "min_new_tokens", "min_new_tokens": -1}, "min_new_tokens.min_new_tokens", "greater than or equal to 0"),
-    ({"kind": "min_new_tokens", "min_new_tokens": 2, "eos_token_id": -3}, "min_new_tokens.eos_token_id", "greater than or equal to 0"),
+    (
+        {"kind": "min_new_tokens", "min_new_tokens": 2, "eos_token_id": -3},
+        "min_new_tokens.eos_token_id",
+        "greater than or equal to 0",
+    ),
     ({"kind": "min_new_tokens", "min_new_tokens": 2, "eos_token_id": []}, "min_new_tokens.eos_token_id", "at least 1"),
     ({"kind": "logit_bias", "logit_bias": {5: NAN}}, "logit_bias.logit_bias", "-inf to ban"),
     ({"kind": "logit_bias", "logit_bias": {5: INF}}, "logit_bias.logit_bias", "-inf to ban"),
@@ -69,7 +81,9 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("config", "path", "words"), INVALID, ids=[f"{c['kind']}:{path}:{i}" for i, (c, path, _) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+    ("config", "path", "words"), INVALID, ids=[f"{c['kind']}:{path}:{i}" for i, (c, path, _) in enumerate(INVALID)]
+)
 def test_invalid_values_are_rejected_with_the_field_path(config, path, words):
     with pytest.raises(ValidationError) as info:
         decoders.Strategy.model_validate({"processors": [{"kind": "temperature", "temperature": 0.7}, config]})
@@ -170,9 +184,15 @@ def test_processors_refuse_invalid_values_when_built(make, message):
 def test_non_finite_logits_name_the_processor_and_the_row(bad, use_candidates):
     x = torch.zeros(2, 100)
     x[1, 42] = bad
-    chain = build([{"kind": "temperature", "temperature": 0.7}, {"kind": "top_k", "top_k": 5}], "sample", use_candidates=use_candidates)
-    problem = "contain NaN" if bad != bad else r"contain \+inf"
-    with pytest.raises(decoders.NonFiniteLogitsError, match=f"given to processor #1 'temperature' {problem} in batch row 1"):
+    chain = build(
+        [{"kind": "temperature", "temperature": 0.7}, {"kind": "top_k", "top_k": 5}],
+        "sample",
+        use_candidates=use_candidates,
+    )
+    problem = "contain NaN" if math.isnan(bad) else r"contain \+inf"
+    with pytest.raises(
+        decoders.NonFiniteLogitsError, match=f"given to processor #1 'temperature' {problem} in batch row 1"
+    ):
         chain.select(NO_IDS, x)
     with pytest.raises(decoders.NonFiniteLogitsError, match="given to selector 'greedy'"):
         build([]).select(NO_IDS, x)
@@ -180,7 +200,9 @@ def test_non_finite_logits_name_the_processor_and_the_row(bad, use_candidates):
 
 def test_a_processor_that_overflows_is_named():
     x = torch.tensor([[3e38, 0.0], [1.0, 0.0]])
-    with pytest.raises(decoders.NonFiniteLogitsError, match=r"returned by processor #2 'temperature' contain \+inf in batch row 0"):
+    with pytest.raises(
+        decoders.NonFiniteLogitsError, match=r"returned by processor #2 'temperature' contain \+inf in batch row 0"
+    ):
         build([{"kind": "top_k", "top_k": 2}, {"kind": "temperature", "temperature": 0.5}]).process(NO_IDS, x)
 
 
@@ -199,13 +221,18 @@ def test_a_row_with_every_token_removed_raises_a_clear_error(use_candidates):
         use_candidates=use_candidates,
     )
     x = torch.randn(2, vocab, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(decoders.NonFiniteLogitsError, match=r"returned by processor #2 'logit_bias' have every token removed \(all -inf\) in batch row 0"):
+    with pytest.raises(
+        decoders.NonFiniteLogitsError,
+        match=r"returned by processor #2 'logit_bias' have every token removed \(all -inf\) in batch row 0",
+    ):
         chain.select(NO_IDS, x, [torch.Generator().manual_seed(s) for s in (1, 2)])
 
 
 def test_a_row_that_arrives_empty_is_reported_before_any_processor():
     x = torch.tensor([[0.0, 1.0], [-INF, -INF]])
-    with pytest.raises(decoders.NonFiniteLogitsError, match="given to processor #1 'top_p' have every token removed.*row 1"):
+    with pytest.raises(
+        decoders.NonFiniteLogitsError, match="given to processor #1 'top_p' have every token removed.*row 1"
+    ):
         build([{"kind": "top_p", "top_p": 0.9}]).process(NO_IDS, x)
 
 

@@ -318,7 +318,9 @@ def test_logit_bias_with_several_bans_after_top_k():
     bias = {0: NEG_INF, 1: NEG_INF, 2: 1.5}
     expected = SequenceBiasLogitsProcessor({(t,): b for t, b in bias.items()})(NO_IDS, TopKLogitsWarper(5)(NO_IDS, x))
     for use_candidates in (True, False):
-        chain = build([{"kind": "top_k", "top_k": 5}, {"kind": "logit_bias", "logit_bias": bias}], use_candidates=use_candidates)
+        chain = build(
+            [{"kind": "top_k", "top_k": 5}, {"kind": "logit_bias", "logit_bias": bias}], use_candidates=use_candidates
+        )
         assert_same(chain.process(NO_IDS.expand(2, 0), x), expected)
 
 

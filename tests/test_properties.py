@@ -44,13 +44,29 @@ def draw_config(data, kind: str, vocab: int) -> dict:
     if kind == "top_k":
         return {"kind": kind, "top_k": d(st.integers(1, vocab + 2)), "min_tokens_to_keep": d(KEEP)}
     if kind == "top_p":
-        return {"kind": kind, "top_p": d(st.floats(0.01, 1.0) | st.sampled_from([0.5, 0.9, 1.0])), "min_tokens_to_keep": d(KEEP)}
+        return {
+            "kind": kind,
+            "top_p": d(st.floats(0.01, 1.0) | st.sampled_from([0.5, 0.9, 1.0])),
+            "min_tokens_to_keep": d(KEEP),
+        }
     if kind == "min_p":
-        return {"kind": kind, "min_p": d(st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.05, 1.0])), "min_tokens_to_keep": d(KEEP)}
+        return {
+            "kind": kind,
+            "min_p": d(st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.05, 1.0])),
+            "min_tokens_to_keep": d(KEEP),
+        }
     if kind == "typical_p":
-        return {"kind": kind, "typical_p": d(st.floats(0.01, 1.0) | st.sampled_from([0.5, 0.95, 1.0])), "min_tokens_to_keep": d(KEEP)}
+        return {
+            "kind": kind,
+            "typical_p": d(st.floats(0.01, 1.0) | st.sampled_from([0.5, 0.95, 1.0])),
+            "min_tokens_to_keep": d(KEEP),
+        }
     if kind in ("epsilon_cutoff", "eta_cutoff"):
-        return {"kind": kind, kind: d(st.floats(1e-5, 0.9) | st.sampled_from([3e-4, 0.1])), "min_tokens_to_keep": d(KEEP)}
+        return {
+            "kind": kind,
+            kind: d(st.floats(1e-5, 0.9) | st.sampled_from([3e-4, 0.1])),
+            "min_tokens_to_keep": d(KEEP),
+        }
     if kind == "top_n_sigma":
         return {"kind": kind, "top_n_sigma": d(st.floats(0.05, 4.0) | st.sampled_from([1.0, 2.0]))}
     if kind == "repetition_penalty":
@@ -68,7 +84,10 @@ def draw_config(data, kind: str, vocab: int) -> dict:
         eos = d(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=3, unique=True))
         return {"kind": kind, "min_new_tokens": d(st.integers(0, 5)), "eos_token_id": eos}
     if kind == "logit_bias":
-        return {"kind": kind, "logit_bias": d(st.dictionaries(st.integers(0, vocab - 1), BIASES, min_size=1, max_size=6))}
+        return {
+            "kind": kind,
+            "logit_bias": d(st.dictionaries(st.integers(0, vocab - 1), BIASES, min_size=1, max_size=6)),
+        }
     if kind == "bad_words":
         word = st.lists(st.integers(0, vocab - 1), min_size=1, max_size=3)
         return {"kind": kind, "bad_words_ids": d(st.lists(word, min_size=1, max_size=4))}
@@ -119,7 +138,9 @@ def test_invariants(kind, data):
         chain.reset(context)
         if not bool(alive.all()):
             assert kind in CAN_EMPTY_A_ROW, f"{kind} removed every token of a row"
-            with pytest.raises(decoders.NonFiniteLogitsError, match=f"every token removed.*row {int((~alive).nonzero()[0])}"):
+            with pytest.raises(
+                decoders.NonFiniteLogitsError, match=f"every token removed.*row {int((~alive).nonzero()[0])}"
+            ):
                 chain.process(ids, x)
             continue
         out = chain.process(ids, x)

@@ -115,7 +115,11 @@ def test_greedy_picks_the_lowest_id_on_ties(use_candidates):
 def test_greedy_is_the_first_maximum_of_the_processed_logits(x, k):
     ids = torch.zeros(x.shape[0], 0, dtype=torch.long)
     for use_candidates in (True, False):
-        chain = build([{"kind": "top_k", "top_k": k}, {"kind": "temperature", "temperature": 0.5}], "greedy", use_candidates=use_candidates)
+        chain = build(
+            [{"kind": "top_k", "top_k": k}, {"kind": "temperature", "temperature": 0.5}],
+            "greedy",
+            use_candidates=use_candidates,
+        )
         processed = chain.process(ids, x)
         first_max = (processed == processed.amax(dim=-1, keepdim=True)).int().argmax(dim=-1)
         assert torch.equal(chain.select(ids, x), first_max)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -96,7 +97,7 @@ class LogitBias(Processor):
         for token, bias in logit_bias.items():
             check_parameter(is_count(token, 0), "a logit_bias token id", token, "an integer ≥ 0")
             check_parameter(
-                bias == bias and bias != float("inf"), f"the bias of token {token}", bias, "a finite number or -inf",
+                not math.isnan(bias) and bias != math.inf, f"the bias of token {token}", bias, "a finite number or -inf",
                 "-inf bans the token",
             )  # fmt: skip
         self.logit_bias = {int(k): float(v) for k, v in logit_bias.items()}
