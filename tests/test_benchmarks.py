@@ -1,0 +1,33 @@
+"""Smoke runs of the benchmark scripts at tiny sizes, so they keep working (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def test_sampling_benchmark_runs(tmp_path):
+    output = tmp_path / "sampling.json"
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sampling.py"), "--quick", "--logits", "synthetic", "--output", str(output)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    results = json.loads(output.read_text())["results"]
+    assert {r["chain"] for r in results} == {"balanced", "top_p", "min_p", "greedy"}
+    assert all(r["decoders_us"] > 0 and r["transformers_us"] > 0 and r["max_pass_us"] > 0 for r in results)
+
+
+def test_generate_benchmark_runs(tmp_path, tiny_gpt2_dir):
+    output = tmp_path / "generate.json"
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / "generate.py"), "--quick", "--model", str(tiny_gpt2_dir), "--growth",
+         "--output", str(output)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    results = json.loads(output.read_text())["results"]
+    assert {(r["impl"], r["strategy"]) for r in results} == {
+        (impl, strategy) for impl in ("decoders", "transformers") for strategy in ("greedy", "balanced")
+    }
+    assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 4 for r in results)
