@@ -14,6 +14,7 @@ import torch
 
 from decoders.errors import NonFiniteLogitsError
 from decoders.processors.base import Candidates, DecodeContext, Processor
+from decoders.processors.truncation import TopK
 from decoders.selectors import Selector
 
 Scores = torch.Tensor | Candidates
@@ -86,11 +87,17 @@ class Chain:
 
     def run(self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None = None) -> Scores:
         """Run the processors; the result is dense or a candidate set. ``observer`` sees every stage."""
-        check_scores(logits, f"given to {self._name(0)}")
+        if not self.processors:
+            check_scores(logits, f"given to {self._name(0)}")
         scores: Scores = logits
-        for index, processor in enumerate(self.processors):
+        index = 0
+        while index < len(self.processors):
+            processor = self.processors[index]
             before = scores
-            if isinstance(scores, Candidates):
+            if observer is None and (fused := self._fused(index, input_ids, scores)) is not None:
+                scores = fused  # this processor and the next, in one step
+                index += 1
+            elif isinstance(scores, Candidates):
                 if processor.supports_candidates:
                     scores = processor.process_candidates(input_ids, scores)
                 else:
@@ -98,10 +105,28 @@ class Chain:
             else:
                 fast = processor.to_candidates(input_ids, scores) if self.use_candidates else None
                 scores = fast if fast is not None else processor.process(input_ids, scores)
-            check_scores(scores, f"returned by {self._name(index)}")
+            try:
+                check_scores(scores, f"returned by {self._name(index)}")
+            except NonFiniteLogitsError:
+                check_scores(logits, f"given to {self._name(0)}")  # blame the input when it was already bad
+                raise
             if observer is not None:
                 observer(index, processor, before, scores)
+            index += 1
         return scores
+
+    def _fused(self, index: int, input_ids: torch.LongTensor, scores: Scores) -> Candidates | None:
+        """An elementwise monotone processor (temperature) followed by top-k, run as top-k on the raw logits.
+
+        Top-k picks the same tokens before and after an order-preserving map, so only the ``k`` candidates
+        need mapping: one read of the logits instead of a full-vocabulary write. None when not applicable.
+        """
+        if not (self.use_candidates and index + 1 < len(self.processors) and isinstance(scores, torch.Tensor)):
+            return None
+        first, second = self.processors[index], self.processors[index + 1]
+        if not (getattr(first, "elementwise_monotone", False) and isinstance(second, TopK)):
+            return None
+        return second.to_candidates(input_ids, scores, transform=lambda values: first.process(input_ids, values))
 
     def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         """Processed scores, dense ``[B, V]`` (``-inf`` for removed tokens)."""

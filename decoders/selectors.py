@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from decoders.processors.base import Candidates
+from decoders.processors.selection import first_argmax
 
 
 class Selector:
@@ -39,7 +40,7 @@ class Greedy(Selector):
     kind = "greedy"
 
     def select(self, logits, generators=None):
-        return logits.argmax(dim=-1)
+        return first_argmax(logits)
 
     def select_candidates(self, candidates, generators=None):
         values, ids = candidates.values, candidates.ids

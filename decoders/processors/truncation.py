@@ -10,8 +10,13 @@ from __future__ import annotations
 import torch
 
 from decoders.processors.base import Candidates, Processor, check_parameter, is_count, is_real
+from decoders.processors.selection import aligned_scatter, aligned_tail_row, largest
 
 NEG_INF = float("-inf")
+#: vocabularies at least this large get the fast candidate paths of top-p and min-p used without top-k
+FAST_VOCAB = 4096
+#: top-p without top-k: a row whose cut lies this close to 1 - top_p is decided by the dense rule
+TOP_P_MARGIN = 1e-4
 
 
 def _check_min_keep(min_tokens_to_keep: int) -> None:
@@ -22,26 +27,31 @@ class ValueProcessor(Processor):
     """A processor whose rule sees only a row's values, never token ids.
 
     Tokens outside a candidate set are ``-inf`` and carry no probability, so such a rule keeps the same
-    tokens on a candidate set's values as on the dense row. When its float arithmetic is also exact there
-    (elementwise rules, thresholds read off the values), set ``candidates_exact`` and the candidate path
-    simply reuses :meth:`process` on the ``[B, k]`` values.
+    tokens on a candidate set's values as on the dense row. ``candidate_rows`` says how the candidate path
+    gets bit-for-bit the dense path's floats:
 
-    Rules built on row reductions (a softmax's sum, an entropy) round differently when the same values sit
-    at other positions of a shorter row — the vectorised kernels add them in other groupings — and would
-    then disagree with the dense path (and with transformers) when a value falls exactly at a threshold.
-    Those leave ``candidates_exact`` False: the candidate path runs :meth:`process` on the dense row it
-    stands for and reads the candidates back, which is exact and costs one dense pass.
+    * ``"values"``: elementwise rules and thresholds read off the values run on the ``[B, k]`` values;
+    * ``"aligned"``: rules whose only reductions are a softmax (and max/top-k) run on a short row that keeps
+      each value's place modulo 64 (see :mod:`decoders.processors.selection`): the softmax adds in the
+      same groupings, so it rounds exactly as on the dense row;
+    * ``"dense"``: rules built on general sums (entropy, mean), which torch may split across threads at
+      places that depend on the row's length, run on the dense row the candidates stand for.
     """
 
     supports_candidates = True
     #: whether the rule keeps the descending order of values (it only divides or removes the smallest)
     keeps_order = False
-    #: whether :meth:`process` on a candidate set's values gives bit-for-bit what it gives on the dense row
-    candidates_exact = True
+    #: how the candidate path runs the rule: "values", "aligned" or "dense" (see the class docstring)
+    candidate_rows = "values"
+    #: whether the rule maps each value on its own, preserving order (so truncations by rank commute with it)
+    elementwise_monotone = False
 
     def process_candidates(self, input_ids: torch.LongTensor, candidates: Candidates) -> Candidates:
-        if self.candidates_exact:
+        if self.candidate_rows == "values":
             values = self.process(input_ids, candidates.values)
+        elif self.candidate_rows == "aligned":
+            row, columns = aligned_scatter(candidates.values, candidates.ids, candidates.vocab_size)
+            values = self.process(input_ids, row).gather(1, columns)
         else:
             values = _through_dense(self, input_ids, candidates)
         return candidates.with_values(values, still_sorted=self.keeps_order)
@@ -65,6 +75,7 @@ class Temperature(ValueProcessor):
 
     kind = "temperature"
     keeps_order = True
+    elementwise_monotone = True
 
     def __init__(self, temperature: float):
         check_parameter(
@@ -107,16 +118,24 @@ class TopK(ValueProcessor):
             return candidates
         return super().process_candidates(input_ids, candidates)
 
-    def to_candidates(self, input_ids, logits):
+    def to_candidates(self, input_ids, logits, transform=None):
+        """The top-k as a candidate set, or None when ties at the k-th value need the dense rule.
+
+        ``transform`` is an elementwise monotone processor's rule (a temperature) that the chain asks to run
+        first: the largest values stay the largest, so it is applied to the candidates only, and the cut is
+        checked again on the transformed values (a division may round two values into a tie).
+        """
         vocab_size = logits.shape[-1]
         width = self.top_k + max(8, self.top_k // 4)
         if width >= vocab_size:
             return None
-        values, ids = torch.topk(logits, width, dim=-1)
+        values, ids = largest(logits, width)
+        if transform is not None:
+            values = transform(values)
         kth = values[:, self.top_k - 1 : self.top_k]
         if bool((values[:, -1:] >= kth).any()):
             return None  # ties with the k-th value reach past the margin: let the dense rule decide
-        keep = values >= kth
+        keep = ~(values < kth)  # as the dense rule: NaN is not below the cut, so it stays for the chain to report
         kept = int(keep.sum(dim=-1).max())
         values = values.masked_fill(~keep, NEG_INF)
         return Candidates(values[:, :kept], ids[:, :kept], vocab_size, sorted_desc=True)
@@ -151,6 +170,46 @@ class TopP(ValueProcessor):
         remove[..., -self.min_tokens_to_keep :] = False
         return remove
 
+    def to_candidates(self, input_ids, logits):
+        """The nucleus as a candidate set, without sorting the vocabulary.
+
+        Takes the largest values (64, then 4× more until they hold more than ``top_p`` of the mass), computes
+        each one's share of the row's mass in float64, and cuts where the mass of the larger tokens reaches
+        ``top_p``. The dense rule (transformers') sums probabilities in float32 over the sorted vocabulary,
+        which can differ from the exact sums by rounding; so any row whose cut lies within
+        :data:`TOP_P_MARGIN` of the threshold, or has equal values on both sides of the cut, is decided by
+        the dense rule itself. The kept set is then the dense rule's.
+        """
+        rows, vocab_size = logits.shape
+        if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
+            return None
+        row_max = logits.amax(dim=-1, keepdim=True)
+        mass = torch.exp(logits - row_max).sum(dim=-1, keepdim=True, dtype=torch.float64)
+        width = 64
+        while True:
+            values, ids = largest(logits, width)
+            probs = torch.exp((values - row_max).double()) / mass
+            inclusive = probs.cumsum(dim=-1)
+            if bool((inclusive[:, -1] >= self.top_p + TOP_P_MARGIN).all()):
+                break
+            width *= 4
+            if width * 16 > vocab_size:
+                return None  # a flat distribution: the nucleus is a large part of the row
+        exclusive = inclusive - probs
+        keep = exclusive < self.top_p
+        keep[:, 0] = True
+        kept = keep.sum(dim=-1, keepdim=True)
+        last_kept = values.gather(1, kept - 1)
+        first_removed = values.gather(1, kept.clamp(max=width - 1))
+        unsure = ((exclusive - self.top_p).abs() < TOP_P_MARGIN).any(dim=-1) | (last_kept == first_removed).squeeze(-1)
+        values = values.masked_fill(~keep, NEG_INF)
+        unsure_rows = unsure.nonzero().flatten().tolist()
+        for row in unsure_rows:
+            values[row] = self.process(input_ids, logits[row : row + 1]).gather(1, ids[row : row + 1])[0]
+        columns = torch.arange(1, width + 1, device=values.device)
+        used = int((torch.isfinite(values) * columns).amax())
+        return Candidates(values[:, :used], ids[:, :used], vocab_size, sorted_desc=not unsure_rows)
+
     def process(self, input_ids, logits):
         if self.top_p >= 1.0:  # keep everything, also tokens whose probability underflows to 0
             return logits.clone()
@@ -162,15 +221,11 @@ class TopP(ValueProcessor):
     def process_candidates(self, input_ids, candidates):
         if self.top_p >= 1.0:
             return candidates
-        # The dense rule sorts the whole row: V - k tokens at -inf, then these k values ascending. Rebuild that
-        # row without a sort (O(V), against O(V log V)) so that its softmax and cumulative sum round exactly as
-        # the dense rule's; what is removed is a prefix of it, i.e. every value below the first one kept.
-        ascending = candidates.sorted().values.flip(-1)
-        rows, width = ascending.shape
-        vocab_size = candidates.vocab_size
-        row = ascending.new_full((rows, vocab_size), NEG_INF)
-        row[:, vocab_size - width :] = ascending
-        first_kept = self._remove_sorted(row).sum(dim=-1, keepdim=True).clamp(max=vocab_size - 1)
+        # The dense rule sorts the whole row: V - k tokens at -inf, then these k values ascending. Rebuild the
+        # end of that row, aligned as in the full row, so that its softmax and cumulative sum round exactly
+        # as the dense rule's; what is removed is a prefix of it, i.e. every value below the first one kept.
+        row = aligned_tail_row(candidates.sorted().values.flip(-1), candidates.vocab_size)
+        first_kept = self._remove_sorted(row).sum(dim=-1, keepdim=True).clamp(max=row.shape[-1] - 1)
         threshold = row.gather(1, first_kept)
         last_removed = row.gather(1, (first_kept - 1).clamp(min=0))
         if bool(((first_kept > 0) & (last_removed == threshold) & torch.isfinite(threshold)).any()):
@@ -195,13 +250,29 @@ class MinP(ValueProcessor):
 
     kind = "min_p"
     keeps_order = True
-    candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
+    candidate_rows = "aligned"  # a softmax, a max and a top-k: see ValueProcessor
 
     def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
         check_parameter(is_real(min_p) and 0 <= min_p <= 1, "min_p", min_p, "in [0, 1]", "0 keeps every token")
         _check_min_keep(min_tokens_to_keep)
         self.min_p = float(min_p)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
+        if self.min_tokens_to_keep > 1:  # which of several tied tokens top-k keeps depends on their columns
+            self.candidate_rows = "dense"
+
+    def to_candidates(self, input_ids, logits):
+        """The kept tokens as a candidate set, from the same probabilities the dense rule computes."""
+        rows, vocab_size = logits.shape
+        if self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB:
+            return None
+        probs = torch.softmax(logits, dim=-1)
+        threshold = self.min_p * probs.amax(dim=-1, keepdim=True)
+        kept = int((probs >= threshold).sum(dim=-1).max())
+        if kept * 16 > vocab_size:
+            return None  # a flat distribution: most of the row survives, the dense rule is as cheap
+        top_probs, ids = largest(probs, max(kept, 1))
+        values = logits.gather(1, ids).masked_fill(top_probs < threshold, NEG_INF)
+        return Candidates(values, ids, vocab_size)
 
     def process(self, input_ids, logits):
         probs = torch.softmax(logits, dim=-1)
@@ -229,7 +300,7 @@ class TypicalP(ValueProcessor):
     """
 
     kind = "typical_p"
-    candidates_exact = False  # entropy and log-softmax are sums over the dense row
+    candidate_rows = "dense"  # the entropy is a general sum over the row
 
     def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
         check_parameter(is_real(typical_p) and 0 < typical_p <= 1, "typical_p", typical_p, "in (0, 1]", "1 keeps every token")
@@ -272,7 +343,7 @@ class EpsilonCutoff(ValueProcessor):
 
     kind = "epsilon_cutoff"
     keeps_order = True
-    candidates_exact = False  # the probabilities' rounding depends on the softmax's sum over the dense row
+    candidate_rows = "aligned"  # a softmax and a top-k: see ValueProcessor
 
     def __init__(self, epsilon_cutoff: float, min_tokens_to_keep: int = 1):
         check_parameter(
@@ -304,7 +375,7 @@ class EtaCutoff(ValueProcessor):
 
     kind = "eta_cutoff"
     keeps_order = True
-    candidates_exact = False  # probabilities and entropy are sums over the dense row
+    candidate_rows = "dense"  # the entropy is a general sum over the row
 
     def __init__(self, eta_cutoff: float, min_tokens_to_keep: int = 1):
         check_parameter(
@@ -344,7 +415,7 @@ class TopNSigma(ValueProcessor):
 
     kind = "top_n_sigma"
     keeps_order = True
-    candidates_exact = False  # mean and deviation are sums over the dense row
+    candidate_rows = "dense"  # mean and deviation are general sums over the row
 
     def __init__(self, top_n_sigma: float):
         check_parameter(
