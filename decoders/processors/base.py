@@ -46,8 +46,10 @@ def is_count(value: Any, minimum: int) -> bool:
 class Candidates:
     """The tokens still in play for each row: values and token ids, shape ``[B, k]`` each.
 
-    Entries that are ``-inf`` are padding (removed tokens). ``sorted_desc`` records that values are
-    sorted in descending order along each row, which truncations use to avoid sorting again.
+    Entries that are ``-inf`` are padding (removed tokens). A row's ids are distinct among its finite
+    entries; padding entries may repeat an id (they never outweigh a real entry: see :meth:`to_dense`).
+    ``sorted_desc`` records that values are sorted in descending order along each row, which truncations
+    use to avoid sorting again.
 
     Args:
         values: candidate logits ``[B, k]``.
@@ -64,7 +66,7 @@ class Candidates:
     def to_dense(self) -> torch.Tensor:
         """The ``[B, V]`` logits this candidate set stands for (``-inf`` outside the set)."""
         dense = self.values.new_full((self.values.shape[0], self.vocab_size), float("-inf"))
-        return dense.scatter(1, self.ids, self.values)
+        return dense.scatter_reduce(1, self.ids, self.values, reduce="amax")
 
     def with_values(self, values: torch.Tensor, *, still_sorted: bool = False) -> "Candidates":
         """The same tokens with new values (sorted order is kept only if the caller says so)."""

@@ -94,4 +94,4 @@ def aligned_scatter(values: torch.Tensor, ids: torch.Tensor, vocab_size: int) ->
     length = used_blocks * BLOCK + tail
     columns = torch.where(in_tail, used_blocks * BLOCK + (ids - full_blocks * BLOCK), rank * BLOCK + ids % BLOCK)
     row = values.new_full((rows, length), NEG_INF)
-    return row.scatter(1, columns, values), columns
+    return row.scatter_reduce(1, columns, values, reduce="amax"), columns

@@ -51,15 +51,16 @@ class ValueProcessor(Processor):
             values = self.process(input_ids, candidates.values)
         elif self.candidate_rows == "aligned":
             row, columns = aligned_scatter(candidates.values, candidates.ids, candidates.vocab_size)
-            values = self.process(input_ids, row).gather(1, columns)
+            values = self.process(input_ids, row).gather(1, columns).masked_fill(candidates.values == NEG_INF, NEG_INF)
         else:
             values = _through_dense(self, input_ids, candidates)
         return candidates.with_values(values, still_sorted=self.keeps_order)
 
 
 def _through_dense(processor: Processor, input_ids: torch.LongTensor, candidates: Candidates) -> torch.Tensor:
-    """The candidates' values after running ``processor`` on the dense row they stand for."""
-    return processor.process(input_ids, candidates.to_dense()).gather(1, candidates.ids)
+    """The candidates' values after running ``processor`` on the dense row they stand for (padding stays -inf)."""
+    values = processor.process(input_ids, candidates.to_dense()).gather(1, candidates.ids)
+    return values.masked_fill(candidates.values == NEG_INF, NEG_INF)
 
 
 class Temperature(ValueProcessor):
@@ -173,42 +174,54 @@ class TopP(ValueProcessor):
     def to_candidates(self, input_ids, logits):
         """The nucleus as a candidate set, without sorting the vocabulary.
 
-        Takes the largest values (64, then 4× more until they hold more than ``top_p`` of the mass), computes
-        each one's share of the row's mass in float64, and cuts where the mass of the larger tokens reaches
-        ``top_p``. The dense rule (transformers') sums probabilities in float32 over the sorted vocabulary,
-        which can differ from the exact sums by rounding; so any row whose cut lies within
-        :data:`TOP_P_MARGIN` of the threshold, or has equal values on both sides of the cut, is decided by
-        the dense rule itself. The kept set is then the dense rule's.
+        For each row, takes its largest values (64, then 8× more while they hold less than ``top_p`` of the
+        mass), computes each one's share of the row's mass in float64, and cuts where the mass of the larger
+        tokens reaches ``top_p``. The dense rule (transformers') sums probabilities in float32 over the sorted
+        vocabulary, which can differ from exact sums by rounding; so a row whose cut lies within
+        :data:`TOP_P_MARGIN` of the threshold, or has equal values on both sides of the cut, is decided by the
+        dense rule itself, and so the kept set is the dense rule's. None when some row's nucleus is a large
+        part of the vocabulary (the dense rule is then as cheap).
         """
         rows, vocab_size = logits.shape
         if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
             return None
         row_max = logits.amax(dim=-1, keepdim=True)
-        mass = torch.exp(logits - row_max).sum(dim=-1, keepdim=True, dtype=torch.float64)
+        mass = torch.cat([torch.exp(row - top).sum(dtype=torch.float64).view(1) for row, top in zip(logits, row_max)])
+        kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        pending = list(range(rows))
         width = 64
-        while True:
-            values, ids = largest(logits, width)
-            probs = torch.exp((values - row_max).double()) / mass
-            inclusive = probs.cumsum(dim=-1)
-            if bool((inclusive[:, -1] >= self.top_p + TOP_P_MARGIN).all()):
-                break
-            width *= 4
+        while pending:
             if width * 16 > vocab_size:
-                return None  # a flat distribution: the nucleus is a large part of the row
-        exclusive = inclusive - probs
-        keep = exclusive < self.top_p
-        keep[:, 0] = True
-        kept = keep.sum(dim=-1, keepdim=True)
-        last_kept = values.gather(1, kept - 1)
-        first_removed = values.gather(1, kept.clamp(max=width - 1))
-        unsure = ((exclusive - self.top_p).abs() < TOP_P_MARGIN).any(dim=-1) | (last_kept == first_removed).squeeze(-1)
-        values = values.masked_fill(~keep, NEG_INF)
-        unsure_rows = unsure.nonzero().flatten().tolist()
-        for row in unsure_rows:
-            values[row] = self.process(input_ids, logits[row : row + 1]).gather(1, ids[row : row + 1])[0]
-        columns = torch.arange(1, width + 1, device=values.device)
-        used = int((torch.isfinite(values) * columns).amax())
-        return Candidates(values[:, :used], ids[:, :used], vocab_size, sorted_desc=not unsure_rows)
+                return None
+            values, ids = largest(logits[pending], width)
+            probs = torch.exp((values - row_max[pending]).double()) / mass[pending, None]
+            inclusive = probs.cumsum(dim=-1)
+            exclusive = inclusive - probs
+            keep = exclusive < self.top_p
+            keep[:, 0] = True
+            count = keep.sum(dim=-1, keepdim=True)
+            tie_at_cut = (values.gather(1, count - 1) == values.gather(1, count.clamp(max=width - 1))).squeeze(-1)
+            unsure = ((exclusive - self.top_p).abs() < TOP_P_MARGIN).any(dim=-1) | tie_at_cut
+            enough = (inclusive[:, -1] >= self.top_p + TOP_P_MARGIN).tolist()
+            still_pending = []
+            for index, row in enumerate(pending):
+                if not enough[index]:
+                    still_pending.append(row)
+                elif bool(unsure[index]):
+                    exact = self.process(input_ids, logits[row : row + 1])[0].gather(0, ids[index])
+                    kept[row] = (exact, ids[index])
+                else:
+                    n = int(count[index])
+                    kept[row] = (values[index, :n], ids[index, :n])
+            pending = still_pending
+            width *= 8
+        used = max(len(values) for values, _ in kept.values())
+        out_values = logits.new_full((rows, used), NEG_INF)
+        out_ids = torch.zeros((rows, used), dtype=torch.long, device=logits.device)
+        for row, (values, ids) in kept.items():
+            n = min(len(values), used)
+            out_values[row, :n], out_ids[row, :n] = values[:n], ids[:n]
+        return Candidates(out_values, out_ids, vocab_size)
 
     def process(self, input_ids, logits):
         if self.top_p >= 1.0:  # keep everything, also tokens whose probability underflows to 0
