@@ -203,16 +203,20 @@ class TopP(ValueProcessor):
             tie_at_cut = (values.gather(1, count - 1) == values.gather(1, count.clamp(max=width - 1))).squeeze(-1)
             unsure = ((exclusive - self.top_p).abs() < TOP_P_MARGIN).any(dim=-1) | tie_at_cut
             enough = (inclusive[:, -1] >= self.top_p + TOP_P_MARGIN).tolist()
-            still_pending = []
+            still_pending, exact_rows = [], []
             for index, row in enumerate(pending):
                 if not enough[index]:
                     still_pending.append(row)
                 elif bool(unsure[index]):
-                    exact = self.process(input_ids, logits[row : row + 1])[0].gather(0, ids[index])
-                    kept[row] = (exact, ids[index])
+                    exact_rows.append(index)
                 else:
                     n = int(count[index])
                     kept[row] = (values[index, :n], ids[index, :n])
+            if exact_rows:  # the dense rule, once for all these rows
+                rows_at = [pending[index] for index in exact_rows]
+                exact = self.process(input_ids, logits[rows_at]).gather(1, ids[exact_rows])
+                for row, index, row_values in zip(rows_at, exact_rows, exact):
+                    kept[row] = (row_values, ids[index])
             pending = still_pending
             width *= 8
         used = max(len(values) for values, _ in kept.values())
@@ -280,10 +284,14 @@ class MinP(ValueProcessor):
             return None
         probs = torch.softmax(logits, dim=-1)
         threshold = self.min_p * probs.amax(dim=-1, keepdim=True)
-        kept = int((probs >= threshold).sum(dim=-1).max())
-        if kept * 16 > vocab_size:
-            return None  # a flat distribution: most of the row survives, the dense rule is as cheap
-        top_probs, ids = largest(probs, max(kept, 1))
+        width = 64
+        while True:
+            if width * 16 > vocab_size:
+                return None  # a flat distribution: most of the row survives, the dense rule is as cheap
+            top_probs, ids = largest(probs, width)
+            if bool((top_probs[:, -1:] < threshold).all()):  # every kept token is among these
+                break
+            width *= 8
         values = logits.gather(1, ids).masked_fill(top_probs < threshold, NEG_INF)
         return Candidates(values, ids, vocab_size)
 
