@@ -77,6 +77,20 @@ def test_bad_input_gives_one_clear_line(capsys, tiny_gpt2_dir, args, message):
     assert message in err and "Traceback" not in err
 
 
+def test_model_defaults_use_the_models_generation_config(capsys, tiny_gpt2_dir, tmp_path):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    folder = shutil.copytree(tiny_gpt2_dir, tmp_path / "with-defaults")
+    GenerationConfig(do_sample=True, top_k=7, temperature=0.9, bos_token_id=0, eos_token_id=0).save_pretrained(folder)
+    data = run_json(capsys, "generate", "The", "--model", str(folder), "--model-defaults", "--seed", "0")
+    assert [(p["kind"], p.get("temperature", p.get("top_k"))) for p in data["strategy"]["processors"]] == [
+        ("temperature", 0.9), ("top_k", 7)
+    ]
+    assert data["strategy"]["selector"]["kind"] == "sample"
+
+
 def test_strategy_file_with_a_typo_names_the_file_and_the_field(capsys, tiny_gpt2_dir, tmp_path):
     strategy = tmp_path / "typo.json"
     strategy.write_text(json.dumps({"processors": [{"kind": "top_k", "topk": 5}]}))
