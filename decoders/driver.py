@@ -26,8 +26,6 @@ from decoders.strategy import Strategy
 from decoders.trace import StepRecord, step_records
 
 FinishReason = Literal["eos", "length", "stop"]
-#: the model's config fields that may hold its context length, in order of preference
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 #: decoding options used for every text the driver returns (the exact text the model wrote)
 _DECODE = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 
@@ -144,18 +142,15 @@ class _ModelPair:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """The tokenizer's EOS id and the generation config's, without repeats."""
-        generation_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids: list[int] = []
-        for value in (self.tokenizer.eos_token_id, generation_eos):
-            for token_id in value if isinstance(value, (list, tuple)) else [value]:
-                if token_id is not None and int(token_id) not in ids:
-                    ids.append(int(token_id))
-        return tuple(ids)
+        from decoders.models import eos_token_ids_of
+
+        return eos_token_ids_of(self.model, self.tokenizer)
 
     @property
     def context_length(self) -> int | None:
-        config = getattr(self.model, "config", None)
-        return next((getattr(config, f) for f in _CONTEXT_FIELDS if getattr(config, f, None)), None)
+        from decoders.models import context_length_of
+
+        return context_length_of(self.model)
 
 
 def _resolve_model(model: Any) -> Any:

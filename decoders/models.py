@@ -52,6 +52,28 @@ _FIX = (
 )
 
 
+#: the config fields that may hold a model's context length, in order of preference
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def eos_token_ids_of(model, tokenizer) -> tuple[int, ...]:
+    """The tokenizer's EOS id and the model's generation config's (an id or a list), without repeats."""
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids: list[int] = []
+    for value in (tokenizer.eos_token_id, generation_eos):
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and int(token_id) not in ids:
+                ids.append(int(token_id))
+    return tuple(ids)
+
+
+def context_length_of(model) -> int | None:
+    """The most positions ``model`` takes, from the first of :data:`CONTEXT_FIELDS` its config sets."""
+    config = getattr(model, "config", None)
+    length = next((getattr(config, name) for name in CONTEXT_FIELDS if getattr(config, name, None)), None)
+    return int(length) if length is not None else None
+
+
 @dataclass
 class LoadedModel:
     """A causal LM in eval mode, its tokenizer (with a pad token), and where it came from.
@@ -76,20 +98,12 @@ class LoadedModel:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """Every id that ends generation: the tokenizer's EOS and the generation config's, without repeats."""
-        generation_eos = self.generation_config.eos_token_id if self.generation_config is not None else None
-        ids: list[int] = []
-        for value in (self.tokenizer.eos_token_id, generation_eos):
-            for token_id in value if isinstance(value, (list, tuple)) else [value]:
-                if token_id is not None and int(token_id) not in ids:
-                    ids.append(int(token_id))
-        return tuple(ids)
+        return eos_token_ids_of(self.model, self.tokenizer)
 
     @property
     def context_length(self) -> int | None:
         """The most positions the model takes (``max_position_embeddings`` or ``n_positions``), if it says."""
-        config = self.model.config
-        length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        return int(length) if length is not None else None
+        return context_length_of(self.model)
 
     @property
     def generation_config(self) -> GenerationConfig | None:
