@@ -1,0 +1,118 @@
+"""Each metric on hand-made inputs whose value is known."""
+
+import math
+
+import pytest
+import torch
+
+import decoders
+from decoders import metrics
+
+
+class FixedLM(torch.nn.Module):
+    """A 'model' whose next-token distribution is always the same: probabilities ``probs`` over 4 tokens."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.log_probs = torch.nn.Parameter(torch.tensor(probs).log(), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.log_probs.expand(*input_ids.shape, -1)
+        return type("Output", (), {"logits": logits})()
+
+
+def test_perplexity_of_a_fixed_distribution_is_known():
+    model = FixedLM([0.5, 0.25, 0.125, 0.125])
+    # tokens 0 and 1: NLLs ln 2 and ln 4, mean 1.5 ln 2, so perplexity 2^1.5
+    assert metrics.perplexity(model, [[3], [2, 2]], [[0], [1]]) == pytest.approx(2**1.5)
+    nlls = metrics.continuation_nlls((model, None), [[3]], [[0, 1, 2]], batch_size=1)
+    assert nlls[0] == pytest.approx([math.log(2), math.log(4), math.log(8)])
+
+
+def test_perplexity_pads_batches_without_changing_scores(tiny_gpt2_dir):
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    prompts, continuations = [[5, 6, 7, 8, 9], [5]], [[10, 11], [12, 13, 14, 15]]
+    together = metrics.continuation_nlls(loaded, prompts, continuations, batch_size=2)
+    alone = metrics.continuation_nlls(loaded, prompts, continuations, batch_size=1)
+    assert [len(row) for row in together] == [2, 4]
+    assert together == [pytest.approx(row, abs=1e-5) for row in alone]
+
+
+def test_perplexity_rejects_empty_prompts_and_nothing_to_score():
+    model = FixedLM([0.25] * 4)
+    with pytest.raises(ValueError, match="at least one token"):
+        metrics.perplexity(model, [[]], [[1]])
+    with pytest.raises(ValueError, match="no tokens"):
+        metrics.perplexity(model, [[1]], [[]])
+
+
+def test_self_bleu():
+    same = ["the cat sat on the mat today", "the cat sat on the mat today", "the cat sat on the mat today"]
+    assert metrics.self_bleu(same) == pytest.approx(1.0)
+    # no shared unigram at all: every precision is 0 (smoothed to ~0)
+    assert metrics.self_bleu(["alpha beta gamma delta", "one two three four"]) < 1e-3
+    # hand computation: "a b c d" against "a b c e" (and vice versa): precisions 3/4, 2/3, 1/2, 0 → smoothed 0.1/1
+    expected = math.exp((math.log(3 / 4) + math.log(2 / 3) + math.log(1 / 2) + math.log(0.1)) / 4)
+    assert metrics.self_bleu(["a b c d", "a b c e"]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="two texts"):
+        metrics.self_bleu(["only one"])
+
+
+def test_zipf_coefficient_recovers_the_exponent():
+    # frequencies exactly 1000 / rank^s for s = 1.5 (rounded), ranks 1..6
+    s = 1.5
+    tokens = [rank for rank in range(1, 7) for _ in range(round(1000 / rank**s))]
+    assert metrics.zipf_coefficient([tokens[:500], tokens[500:]]) == pytest.approx(s, abs=0.01)
+    assert metrics.zipf_coefficient([[1, 2, 3, 4]]) == pytest.approx(0.0)  # all equally frequent
+    assert metrics.rank_frequencies([["a", "b", "a"]]) == [2, 1]
+    with pytest.raises(ValueError, match="two distinct"):
+        metrics.zipf_coefficient([[7, 7, 7]])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "loops"),
+    [
+        ([1, 2, 3, 3, 3], True),  # one token three times
+        ([9, 1, 2, 3, 1, 2, 3, 1, 2, 3], True),  # a 3-token phrase three times
+        ([1, 2, 3, 1, 2, 3], False),  # only twice
+        ([1, 2, 1, 2, 1, 2, 5], False),  # a loop that does not reach the end
+        ([], False),
+    ],
+)
+def test_ends_in_loop(tokens, loops):
+    assert metrics.ends_in_loop(tokens) is loops
+
+
+def test_repetition_pct():
+    assert metrics.repetition_pct([[1, 1, 1], [1, 2, 3], [4, 5, 4, 5, 4, 5], [1]]) == 50.0
+    assert metrics.repetition_pct([[1, 2, 1, 2]], min_repeats=2) == 100.0
+
+
+def test_distinct_n_and_rep_n():
+    sequences = [[1, 2, 3, 1, 2, 3], [1, 2, 4]]
+    # bigrams: 12 23 31 12 23 | 12 24 → 7 in all, distinct {12, 23, 31, 24} = 4
+    assert metrics.distinct_n(sequences, 2) == pytest.approx(4 / 7)
+    assert metrics.distinct_n(sequences, 1) == pytest.approx(4 / 9)
+    # rep-2: first sequence 1 − 3/5, second 1 − 2/2 = 0 → mean 0.2
+    assert metrics.rep_n(sequences, 2) == pytest.approx(0.2)
+    assert metrics.rep_n([[1, 2, 3, 4], [5]], 4) == 0.0  # the 1-token sequence has no 4-gram and is skipped
+    with pytest.raises(ValueError, match="shorter than 3"):
+        metrics.distinct_n([[1, 2]], 3)
+
+
+def test_mean_entropy_from_scores_and_from_a_trace(tiny_gpt2_dir):
+    uniform4 = torch.zeros(1, 4)
+    one_hot = torch.tensor([[0.0, float("-inf"), float("-inf"), float("-inf")]])
+    assert metrics.mean_entropy(torch.cat([uniform4, one_hot])) == pytest.approx(math.log(4) / 2)
+
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    results = decoders.generate(["The cat", "A dog"], "top_k", model=loaded, max_new_tokens=5, seed=0, trace=True)
+    # top-k 5 leaves 5 tokens: each step's final entropy is between 0 and ln 5, the raw model's is larger
+    final = metrics.mean_entropy([r.steps for r in results])
+    raw = metrics.mean_entropy([r.steps for r in results], stage=0)
+    assert 0 < final <= math.log(5) + 1e-6 < raw
+    expected = sum(s.stages[-1].entropy for r in results for s in r.steps) / 10
+    assert final == pytest.approx(expected)
+    assert metrics.mean_entropy(results[0].steps) == pytest.approx(
+        sum(s.stages[-1].entropy for s in results[0].steps) / 5
+    )
