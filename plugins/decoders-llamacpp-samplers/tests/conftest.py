@@ -49,3 +49,9 @@ def tiny_model_dir(tmp_path_factory, tiny_model):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer_for_hypothesis():
+    """The toy tokenizer, session-scoped (hypothesis runs many examples per test function)."""
+    return ToyTokenizer()
