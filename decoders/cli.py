@@ -195,7 +195,7 @@ def explain(
     reshaped = reshape.build().process(walk.input_ids, next_logits).softmax(dim=-1)[0]
     reshaped_ids = torch.topk(reshaped, top_k).indices.tolist()
     result = decoders.generate(
-        walk.text, strategy=chosen, model=loaded, max_new_tokens=steps, seed=seed, trace=True, top=top
+        prompt, strategy=chosen, model=loaded, max_new_tokens=steps, seed=seed, chat=chat, trace=True, top=top
     )[0]  # fmt: skip
     top_next = top_candidates(next_logits, tokenizer, top)[0]
     decode = lambda i: tokenizer.decode([i])  # noqa: E731

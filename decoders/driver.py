@@ -307,7 +307,8 @@ def _generators(seed: int | Sequence[int] | None, rows: int) -> list[torch.Gener
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def _encode(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt, as generation feeds them to the model (the chat template applied if ``chat``)."""
     if not chat:
         return tokenizer(prompts)["input_ids"]
     if not getattr(tokenizer, "chat_template", None):
@@ -354,7 +355,7 @@ class _Generation:
         self.chain = Strategy.resolve(strategy).build()
         self.loaded = _resolve_model(model)
         self.tokenizer = self.loaded.tokenizer
-        self.prompt_ids = _encode(self.tokenizer, self.prompts, chat)
+        self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, chat)
         self._check_lengths()
         self.rows_text = [_RowText(self.tokenizer, self.stops) for _ in self.prompts] if texts or self.stops else None
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from decoders.driver import encode_prompts
 from decoders.errors import GenerationError
 
 
@@ -14,7 +15,7 @@ class Walkthrough:
     """What the model sees and says for one prompt.
 
     Args:
-        text: the text given to the tokenizer (after the chat template, if one was applied).
+        text: the prompt as the model reads it (with the chat template, if one was applied).
         tokens: the tokens as the tokenizer spells them (e.g. ``Ġis``; byte-level pieces for non-Latin text).
         input_ids: ``[1, T]`` token ids, as given to the model.
         logits: ``[1, T, V]`` float32 scores, one row per position; the last row predicts the next token.
@@ -42,14 +43,9 @@ def walk_prompt(prompt: str, loaded, *, chat: bool = False) -> Walkthrough:
     if not prompt:
         raise GenerationError("the prompt is empty: give some text to continue")
     tokenizer = loaded.tokenizer
-    text = prompt
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise GenerationError("this tokenizer has no chat template: drop --chat, or use an instruct/chat model")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
-    input_ids = encoded["input_ids"]
+    input_ids = torch.tensor(encode_prompts(tokenizer, [prompt], chat))
+    text = tokenizer.decode(input_ids[0]) if chat else prompt
     tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
     with torch.inference_mode():
-        logits = loaded.model(input_ids=input_ids, attention_mask=encoded["attention_mask"]).logits.float()
+        logits = loaded.model(input_ids=input_ids).logits.float()
     return Walkthrough(text=text, tokens=tokens, input_ids=input_ids, logits=logits)
