@@ -259,7 +259,7 @@ class MirostatV2(_RowRule):
 
 # ---- DRY --------------------------------------------------------------------------------------------
 
-_VOCAB_TEXTS: "weakref.WeakKeyDictionary[object, list[str]]" = weakref.WeakKeyDictionary()
+_VOCAB_TEXTS: weakref.WeakKeyDictionary[object, list[str]] = weakref.WeakKeyDictionary()
 
 
 def _vocab_texts(tokenizer) -> list[str]:

@@ -15,7 +15,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 class ToyTokenizer:
     """One token per character of a small vocabulary; characters outside it tokenize to nothing."""
 
-    vocab = ["a", "b", "c", "d", "e", "\n", ":", '"', "*", "x", "::"]
+    vocab = ("a", "b", "c", "d", "e", "\n", ":", '"', "*", "x", "::")
 
     def encode(self, text, add_special_tokens=False):
         return [self.vocab.index(ch) for ch in text if ch in self.vocab]
