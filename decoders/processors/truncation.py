@@ -212,11 +212,12 @@ class TopP(ValueProcessor):
                 else:
                     n = int(count[index])
                     kept[row] = (values[index, :n], ids[index, :n])
-            if exact_rows:  # the dense rule, once for all these rows
+            if exact_rows:  # the dense rule, once for all these rows; its kept tokens are its finite ones
                 rows_at = [pending[index] for index in exact_rows]
-                exact = self.process(input_ids, logits[rows_at]).gather(1, ids[exact_rows])
-                for row, index, row_values in zip(rows_at, exact_rows, exact):
-                    kept[row] = (row_values, ids[index])
+                exact = self.process(input_ids, logits[rows_at])
+                exact_values, exact_ids = largest(exact, int(torch.isfinite(exact).sum(dim=-1).max()))
+                for row, row_values, row_ids in zip(rows_at, exact_values, exact_ids):
+                    kept[row] = (row_values, row_ids)
             pending = still_pending
             width *= 8
         used = max(len(values) for values, _ in kept.values())
