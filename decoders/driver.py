@@ -410,7 +410,10 @@ class _Generation:
         self.counts = [0] * rows
         self.records: list[list[StepRecord]] | None = [[] for _ in range(rows)] if self.trace else None
         self.chain.reset(
-            DecodeContext(prompt_length=width, eos_token_ids=eos, tokenizer=self.tokenizer, generators=self.generators)
+            DecodeContext(
+                prompt_length=width, eos_token_ids=eos, tokenizer=self.tokenizer, generators=self.generators,
+                padding=[width - len(ids) for ids in self.prompt_ids],
+            )  # fmt: skip
         )
         if self.max_new_tokens == 0:
             return

@@ -97,3 +97,22 @@ def test_generation_config_to_strategy(tiny):
         "Model", (), {"generation_config": GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=20)}
     )
     assert generation_config_to_strategy(sampling).describe() == "temperature(0.6) → top_k(20) → top_p(0.9) → sample"
+
+
+def test_repetition_penalty_skips_left_padding_like_transformers_generate(tiny):
+    """In a ragged batch the pad (= EOS here) fills the short row's left; it is not text and is not penalised."""
+    model, tokenizer = tiny
+    eos = tokenizer.eos_token_id
+    prompts = ["The quick brown fox jumps over", "Once"]
+    strategy = {
+        "processors": [
+            {"kind": "logit_bias", "logit_bias": {eos: 2.0}},
+            {"kind": "repetition_penalty", "repetition_penalty": 5.0},
+        ],
+        "selector": {"kind": "greedy"},
+    }
+    ours = [r.generated_ids for r in decoders.generate(prompts, strategy, model=tiny, max_new_tokens=6)]
+    theirs = hf_generate(
+        model, tokenizer, prompts, 6, do_sample=False, repetition_penalty=5.0, sequence_bias={(eos,): 2.0}
+    )
+    assert ours == theirs

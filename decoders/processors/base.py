@@ -92,12 +92,23 @@ class DecodeContext:
         eos_token_ids: the model's end-of-sequence token ids.
         tokenizer: the model's tokenizer, when there is one (processors that take strings need it).
         generators: one ``torch.Generator`` per row, for processors that draw random numbers.
+        padding: per row, how many leading columns of ``input_ids`` are left padding (not text); None when
+            no row is padded.
     """
 
     prompt_length: int = 0
     eos_token_ids: tuple[int, ...] = ()
     tokenizer: Any = None
     generators: list[torch.Generator] | None = field(default=None)
+    padding: list[int] | None = None
+
+    def text_ids(self, input_ids: torch.Tensor, filler: int) -> torch.Tensor:
+        """``input_ids`` with each row's left padding replaced by ``filler`` (unchanged when unpadded)."""
+        if not self.padding or not any(self.padding):
+            return input_ids
+        pads = torch.tensor(self.padding, device=input_ids.device).unsqueeze(-1)
+        columns = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        return input_ids.masked_fill(columns < pads, filler)
 
 
 class Processor:

@@ -20,6 +20,7 @@ class RepetitionPenalty(Processor):
     """Penalise every token already in the sequence, prompt included (CTRL's repetition penalty).
 
     A seen token's logit is multiplied by ``repetition_penalty`` when negative and divided by it otherwise.
+    Left padding of a batch is not text and is not counted (as in transformers' ``generate``).
 
     Args:
         repetition_penalty: > 0; above 1 discourages repetition, below 1 encourages it.
@@ -47,13 +48,13 @@ class RepetitionPenalty(Processor):
             return logits.clone()
         # ids the model cannot output (an embedding table larger than the output layer) go to a spare column
         vocab_size = logits.shape[-1]
-        ids = input_ids.clamp(max=vocab_size)
+        ids = self.context.text_ids(input_ids, vocab_size).clamp(max=vocab_size)
         padded = torch.nn.functional.pad(logits, (0, 1))
         seen = padded.gather(1, ids)
         return padded.scatter(1, ids, self._penalise(seen))[:, :vocab_size]
 
     def process_candidates(self, input_ids, candidates):
-        seen = _membership(candidates.ids, input_ids) > 0
+        seen = _membership(candidates.ids, self.context.text_ids(input_ids, -1)) > 0
         values = torch.where(seen, self._penalise(candidates.values), candidates.values)
         return candidates.with_values(values)
 
