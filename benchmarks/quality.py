@@ -310,7 +310,9 @@ def run_units(
             path.parent.mkdir(parents=True, exist_ok=True)
             path.with_suffix(".tmp").write_text(json.dumps(record))
             path.with_suffix(".tmp").replace(path)
-            progress.update(task, advance=1, description=f"{Path(unit.model).name} · {unit.strategy} · batch {unit.batch}")
+            progress.update(
+                task, advance=1, description=f"{Path(unit.model).name} · {unit.strategy} · batch {unit.batch}"
+            )
     return [json.loads(u.path(folder).read_text()) for u in units]
 
 
@@ -364,7 +366,10 @@ def markdown_table(summary: list[dict]) -> str:
     """The summary as a Markdown table (one row per model and strategy)."""
     several = len({row["model"] for row in summary}) > 1
     columns = (["model"] if several else []) + ["strategy", "description", *METRICS]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if c in ("model", "strategy", "description") else "---:" for c in columns) + "|"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if c in ("model", "strategy", "description") else "---:" for c in columns) + "|",
+    ]
     lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in summary]
     return "\n".join(lines) + "\n"
 
@@ -388,7 +393,9 @@ def curve_points(strategies: dict[str, decoders.Strategy]) -> dict[str, list[tup
     return {kind: sorted(values) for kind, values in points.items() if len(values) >= 2}
 
 
-def plot_curves(summary: list[dict], strategies: dict[str, decoders.Strategy], config: QualityConfig, path: Path) -> Path | None:
+def plot_curves(
+    summary: list[dict], strategies: dict[str, decoders.Strategy], config: QualityConfig, path: Path
+) -> Path | None:
     """Each curve metric against k, p and temperature, with the human value as a dashed line."""
     import matplotlib
 
@@ -459,7 +466,11 @@ def plot_rank_frequency(records: list[dict], config: QualityConfig, path: Path) 
 
 
 def write_results(
-    config: QualityConfig, strategies: dict[str, decoders.Strategy], records: list[dict], runtime_s: float, executor: str
+    config: QualityConfig,
+    strategies: dict[str, decoders.Strategy],
+    records: list[dict],
+    runtime_s: float,
+    executor: str,
 ) -> list[Path]:
     """Write ``<name>.json``, ``.csv``, ``.md`` and the plots; return their paths."""
     summary = summarize(config, strategies, records)
@@ -516,7 +527,9 @@ def run_sweep(
     runtime = time.perf_counter() - started
     paths = write_results(config, strategies, records, runtime, executor)
     summary = json.loads(paths[0].read_text())["results"]
-    table = Table(title=f"{config.name}: {summary[0]['generations']} prompts × {config.max_new_tokens} tokens, {runtime:.0f} s")
+    table = Table(
+        title=f"{config.name}: {summary[0]['generations']} prompts × {config.max_new_tokens} tokens, {runtime:.0f} s"
+    )
     for column in ["strategy", *METRICS]:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in summary:

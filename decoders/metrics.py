@@ -60,14 +60,19 @@ def continuation_nlls(
         3
     """
     if len(prompt_ids) != len(continuation_ids):
-        raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations: pass one of each per text")
+        raise ValueError(
+            f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations: pass one of each per text"
+        )
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every prompt needs at least one token: the first continuation token is scored given it")
     model = _torch_model(scorer)
     device = next(model.parameters()).device
     results: list[list[float]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        rows = [list(p) + list(c) for p, c in zip(prompt_ids[start : start + batch_size], continuation_ids[start : start + batch_size])]
+        rows = [
+            list(p) + list(c)
+            for p, c in zip(prompt_ids[start : start + batch_size], continuation_ids[start : start + batch_size])
+        ]
         width = max(map(len, rows))
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -102,7 +107,9 @@ def perplexity(
         >>> perplexity(loaded, [result.prompt_ids], [result.generated_ids])  # doctest: +SKIP
         3.92
     """
-    nlls = [nll for row in continuation_nlls(scorer, prompt_ids, continuation_ids, batch_size=batch_size) for nll in row]
+    nlls = [
+        nll for row in continuation_nlls(scorer, prompt_ids, continuation_ids, batch_size=batch_size) for nll in row
+    ]
     if not nlls:
         raise ValueError("the continuations hold no tokens: there is nothing to score")
     return math.exp(sum(nlls) / len(nlls))
@@ -265,7 +272,9 @@ def rep_n(sequences: Sequence[Tokens], n: int) -> float:
     return float(np.mean(values))
 
 
-def mean_entropy(source: Sequence[StepRecord] | Sequence[Sequence[StepRecord]] | torch.Tensor, *, stage: int = -1) -> float:
+def mean_entropy(
+    source: Sequence[StepRecord] | Sequence[Sequence[StepRecord]] | torch.Tensor, *, stage: int = -1
+) -> float:
     """Mean per-step entropy, in nats, of the distribution each token was drawn from.
 
     ``H̄ = (1/T) Σ_t H(π_t)``, ``H(π) = −Σ_v π(v) log π(v)``, where ``π_t`` is softmax of step ``t``'s scores
