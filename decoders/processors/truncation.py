@@ -224,8 +224,7 @@ class TopP(ValueProcessor):
         out_values = logits.new_full((rows, used), NEG_INF)
         out_ids = torch.zeros((rows, used), dtype=torch.long, device=logits.device)
         for row, (values, ids) in kept.items():
-            n = min(len(values), used)
-            out_values[row, :n], out_ids[row, :n] = values[:n], ids[:n]
+            out_values[row, : len(values)], out_ids[row, : len(ids)] = values, ids
         return Candidates(out_values, out_ids, vocab_size)
 
     def process(self, input_ids, logits):
