@@ -427,10 +427,13 @@ class DRY(decoders.Processor):
             )
         if input_ids is None or input_ids.shape[-1] == 0:
             return [{} for _ in range(rows)]
-        window = input_ids if self.dry_penalty_last_n is None else input_ids[:, -self.dry_penalty_last_n :]
+        padding = self.context.padding or [0] * input_ids.shape[0]
         singles = {token for token, tails in self._breakers.items() if () in tails}
         out = []
-        for row in window.tolist():
+        for row, pad in zip(input_ids.tolist(), padding):
+            row = row[pad:]  # a batch's left padding is not text
+            if self.dry_penalty_last_n is not None:
+                row = row[-self.dry_penalty_last_n :]
             repeats = dry_repeat_lengths(row, self.dry_allowed_length, self._breakers)
             amounts = {}
             for token, length in repeats.items():

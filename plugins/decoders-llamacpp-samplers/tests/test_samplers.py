@@ -144,6 +144,17 @@ def test_dry_table(toy_tokenizer, context, params, expected, fast):
     assert dry_logit_shift(toy_tokenizer, context, fast=fast, **params) == expected
 
 
+@both_paths
+def test_dry_skips_a_batchs_left_padding(toy_tokenizer, fast):
+    """Padding columns are not text: "a b c a b" as the padding of "c" must not make a repeat."""
+    config = {"kind": "dry", "dry_multiplier": 1.0, "dry_base": 2.0, "dry_allowed_length": 2}
+    chain = chain_for(config, V, fast=fast)
+    context = torch.tensor([[A, B, C, A, B, C]])
+    for padding, expected in (([0], shift(a=2)), ([5], shift())):  # "a b c" repeats → L = 3 → 2 on a
+        chain.reset(decoders.DecodeContext(tokenizer=toy_tokenizer, padding=padding))
+        assert chain.process(context, torch.zeros(1, V))[0].tolist() == expected
+
+
 def test_dry_exponent_is_clamped_below_float32_max(toy_tokenizer):
     context = [A, B] * 60
     out = dry_logit_shift(toy_tokenizer, context, dry_base=100.0)
