@@ -124,7 +124,7 @@ class Chain:
         if not (self.use_candidates and index + 1 < len(self.processors) and isinstance(scores, torch.Tensor)):
             return None
         first, second = self.processors[index], self.processors[index + 1]
-        if not (getattr(first, "elementwise_monotone", False) and isinstance(second, TopK)):
+        if not (first.elementwise_monotone and isinstance(second, TopK)):
             return None
         return second.to_candidates(input_ids, scores, transform=lambda values: first.process(input_ids, values))
 

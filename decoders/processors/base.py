@@ -124,6 +124,9 @@ class Processor:
     kind: str = "processor"
     #: whether :meth:`process_candidates` is implemented
     supports_candidates: bool = False
+    #: whether the rule maps each value on its own, preserving order (the chain may then run a following
+    #: top-k first and apply this rule to the k survivors only)
+    elementwise_monotone: bool = False
     #: the generation this processor is part of (replaced by :meth:`reset`)
     context: DecodeContext = DecodeContext()
 

@@ -43,8 +43,6 @@ class ValueProcessor(Processor):
     keeps_order = False
     #: how the candidate path runs the rule: "values", "aligned" or "dense" (see the class docstring)
     candidate_rows = "values"
-    #: whether the rule maps each value on its own, preserving order (so truncations by rank commute with it)
-    elementwise_monotone = False
 
     def process_candidates(self, input_ids: torch.LongTensor, candidates: Candidates) -> Candidates:
         if self.candidate_rows == "values":
