@@ -4,8 +4,13 @@ Each measurement runs in a fresh process (so peak memory is its own): load the m
 ``decoders.generate`` or ``model.generate`` over a batch of prompts for N new tokens with EOS ignored (every row
 runs all N steps in both). Peak memory is the process's peak resident size while generating minus its size just before (Linux).
 
-    python benchmarks/generate.py                  # batch 1 and 16, greedy and balanced, 64 tokens, + growth
+    python benchmarks/generate.py                  # every section below
+    python benchmarks/generate.py --sections beam logprobs   # some of them (the others keep their last results)
     python benchmarks/generate.py --quick          # a smoke run on a tiny model folder (see --model)
+
+Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``growth`` (ms per token by length),
+``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses) and ``logprobs``
+(the cost of ``logprobs=5`` on balanced sampling at batch 16).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ RESULTS = Path(__file__).parent / "results"
 STRATEGIES = {
     "greedy": {"do_sample": False},
     "balanced": {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9},
+    "beam4": {"do_sample": False, "num_beams": 4},
 }
+SECTIONS = ("main", "growth", "beam", "logprobs")
 PROMPTS = [
     "The history of the Roman Empire",
     "def fibonacci(n):",
@@ -58,11 +65,15 @@ def worker(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, m
 
     loaded = decoders.load_model(model_name)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-    if impl == "decoders":
+    if impl.startswith("decoders"):
         chain = decoders.Strategy.from_generation_config(STRATEGIES[strategy])
+        logprobs = 5 if impl == "decoders+logprobs" else None
 
-        def run(tokens: int) -> None:
-            decoders.generate(prompts, chain, model=loaded, max_new_tokens=tokens, seed=0, ignore_eos=True)
+        def run(tokens: int) -> list[list[int]]:
+            results = decoders.generate(
+                prompts, chain, model=loaded, max_new_tokens=tokens, seed=0, ignore_eos=True, logprobs=logprobs
+            )
+            return [r.generated_ids for r in results]
     else:
         tokenizer = loaded.tokenizer
         tokenizer.padding_side = "left"
@@ -70,24 +81,26 @@ def worker(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, m
         config = loaded.model.generation_config
         config.eos_token_id = None  # run every row for all steps, as decoders does with ignore_eos
 
-        def run(tokens: int) -> None:
+        def run(tokens: int) -> list[list[int]]:
             with torch.inference_mode():
-                loaded.model.generate(
+                output = loaded.model.generate(
                     **inputs, max_new_tokens=tokens, min_new_tokens=None, pad_token_id=tokenizer.pad_token_id,
                     generation_config=config, **STRATEGIES[strategy],
                 )  # fmt: skip
+            return output[:, inputs["input_ids"].shape[1] :].tolist()
 
     run(4)  # warm up
     before = reset_peak_rss()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        run(new_tokens)
+        outputs = run(new_tokens)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     return {"impl": impl, "batch": batch, "strategy": strategy, "new_tokens": new_tokens, "seconds": seconds,
             "tokens_per_s": batch * new_tokens / seconds, "ms_per_step": seconds / new_tokens * 1e3,
-            "peak_extra_mb": _status_mb("VmHWM") - before, "peak_rss_mb": _status_mb("VmHWM")}  # fmt: skip
+            "peak_extra_mb": _status_mb("VmHWM") - before, "peak_rss_mb": _status_mb("VmHWM"),
+            "outputs": outputs}  # fmt: skip
 
 
 def measure(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, model_name: str | None) -> dict:
@@ -107,6 +120,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--growth", type=int, nargs="*", default=[32, 64, 128, 256, 512], help="lengths for the growth curve")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--beam-batch", type=int, default=4, help="prompts in the beam-search section")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 4 tokens, growth 4 and 8")
     parser.add_argument("--output", type=Path, default=RESULTS / "generate.json")
     args = parser.parse_args()
@@ -115,9 +130,37 @@ def main() -> None:
         print(json.dumps(worker(impl, int(batch), strategy, int(tokens), int(repeat), args.model)))
         return
     if args.quick:
-        args.batch, args.new_tokens, args.growth, args.repeat = [2], 4, [4, 8], 1
+        args.batch, args.new_tokens, args.growth, args.repeat, args.beam_batch = [2], 4, [4, 8], 1, 2
 
     from rich.console import Console
+
+    console = Console()
+    previous = json.loads(args.output.read_text()) if args.output.exists() and not args.quick else {}
+    report = {key: previous.get(key, []) for key in ("results", "growth", "beam", "logprobs")}
+    if "main" in args.sections:
+        report["results"] = main_section(args, console)
+    if "growth" in args.sections:
+        report["growth"] = growth_section(args, console)
+    if "beam" in args.sections:
+        report["beam"] = beam_section(args, console)
+    if "logprobs" in args.sections:
+        report["logprobs"] = logprobs_section(args, console)
+    import torch
+
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "processor": platform.processor() or platform.machine()}  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"machine": machine, **report}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+def _numbers(row: dict) -> dict:
+    """A measurement without its outputs (which are only compared, not stored)."""
+    return {k: v for k, v in row.items() if k != "outputs"}
+
+
+def main_section(args, console) -> list[dict]:
+    """decoders vs transformers at each batch size, greedy and balanced."""
     from rich.table import Table
 
     rows = []
@@ -125,32 +168,58 @@ def main() -> None:
     for column in ("batch", "strategy", "decoders tok/s", "transformers tok/s", "ratio", "decoders peak MB", "transformers peak MB"):
         table.add_column(column, justify="right")
     for batch in args.batch:
-        for strategy in STRATEGIES:
+        for strategy in ("greedy", "balanced"):
             ours = measure("decoders", batch, strategy, args.new_tokens, args.repeat, args.model)
             theirs = measure("transformers", batch, strategy, args.new_tokens, args.repeat, args.model)
-            rows += [ours, theirs]
+            rows += [_numbers(ours), _numbers(theirs)]
             table.add_row(str(batch), strategy, f"{ours['tokens_per_s']:.1f}", f"{theirs['tokens_per_s']:.1f}",
                           f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}", f"{ours['peak_extra_mb']:.0f}",
                           f"{theirs['peak_extra_mb']:.0f}")  # fmt: skip
+    console.print(table)
+    return rows
+
+
+def growth_section(args, console) -> list[dict]:
+    """ms per generated token at batch 1, greedy, by length (flat when the KV cache is used)."""
+    from rich.table import Table
+
     growth = []
-    growth_table = Table(title="ms per generated token, batch 1, greedy, by length")
+    table = Table(title="ms per generated token, batch 1, greedy, by length")
     for column in ("new tokens", "decoders ms/token", "transformers ms/token"):
-        growth_table.add_column(column, justify="right")
+        table.add_column(column, justify="right")
     for tokens in args.growth:
         ours = measure("decoders", 1, "greedy", tokens, 1, args.model)
         theirs = measure("transformers", 1, "greedy", tokens, 1, args.model)
-        growth += [ours, theirs]
-        growth_table.add_row(str(tokens), f"{ours['ms_per_step']:.1f}", f"{theirs['ms_per_step']:.1f}")
-    console = Console()
+        growth += [_numbers(ours), _numbers(theirs)]
+        table.add_row(str(tokens), f"{ours['ms_per_step']:.1f}", f"{theirs['ms_per_step']:.1f}")
     console.print(table)
-    console.print(growth_table)
-    import torch
+    return growth
 
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "processor": platform.processor() or platform.machine()}  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": machine, "results": rows, "growth": growth}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+
+def beam_section(args, console) -> list[dict]:
+    """Beam search (4 beams) at batch ``--beam-batch``: tokens/s of each, and whether the hypotheses are identical."""
+    ours = measure("decoders", args.beam_batch, "beam4", args.new_tokens, args.repeat, args.model)
+    theirs = measure("transformers", args.beam_batch, "beam4", args.new_tokens, args.repeat, args.model)
+    identical = ours["outputs"] == theirs["outputs"]
+    ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+    console.print(
+        f"beam search, 4 beams, batch {args.beam_batch}, {args.new_tokens} tokens: decoders {ours['tokens_per_s']:.1f} "
+        f"tok/s, transformers {theirs['tokens_per_s']:.1f} tok/s, ratio {ratio:.2f}, identical outputs: {identical}"
+    )
+    return [{**_numbers(ours), "identical_to_transformers": identical}, _numbers(theirs)]
+
+
+def logprobs_section(args, console) -> list[dict]:
+    """The cost of ``logprobs=5`` on balanced sampling at the largest batch: same tokens, time per step."""
+    batch = max(args.batch)
+    off = measure("decoders", batch, "balanced", args.new_tokens, args.repeat, args.model)
+    on = measure("decoders+logprobs", batch, "balanced", args.new_tokens, args.repeat, args.model)
+    overhead = on["ms_per_step"] / off["ms_per_step"] - 1
+    console.print(
+        f"logprobs=5, balanced, batch {batch}: {off['ms_per_step']:.1f} → {on['ms_per_step']:.1f} ms per step "
+        f"({overhead:+.1%}), same tokens: {on['outputs'] == off['outputs']}"
+    )
+    return [_numbers(off), {**_numbers(on), "overhead": overhead, "same_tokens": on["outputs"] == off["outputs"]}]
 
 
 if __name__ == "__main__":

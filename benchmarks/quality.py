@@ -186,6 +186,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "_"
 
 
+def _identity(strategy: decoders.Strategy) -> dict[str, Any]:
+    """The strategy as data, without the default search (so units from before searches existed keep their key)."""
+    spec = strategy.model_dump(mode="json")
+    if spec["search"] == decoders.SingleConfig().model_dump(mode="json"):
+        del spec["search"]
+    return spec
+
+
 def plan_units(config: QualityConfig, strategies: dict[str, decoders.Strategy]) -> list[Unit]:
     """Every unit of the sweep, in the order they run: model, then strategy (human first), seed, batch."""
     prompts = read_prompts(config)
@@ -194,7 +202,7 @@ def plan_units(config: QualityConfig, strategies: dict[str, decoders.Strategy]) 
     units = []
     for model in config.models:
         rows = [(HUMAN, None, None)] if config.human else []
-        rows += [(name, s.model_dump(mode="json"), seed) for name, s in strategies.items() for seed in config.seeds]
+        rows += [(name, _identity(s), seed) for name, s in strategies.items() for seed in config.seeds]
         for name, spec, seed in rows:
             for index, batch in enumerate(batches):
                 identity = json.dumps([model, spec, seed, batch, settings], sort_keys=True)
@@ -241,7 +249,7 @@ def run_unit(config: QualityConfig, unit: Unit) -> dict[str, Any]:
         prompt_ids = [r.prompt_ids for r in results]
         token_ids = [r.generated_ids[:-1] if r.finish_reason == "eos" else r.generated_ids for r in results]
         texts = [r.text for r in results]
-        entropies = [metrics.mean_entropy(r.steps) for r in results]
+        entropies = [metrics.mean_entropy(r.steps) if r.steps is not None else None for r in results]  # None: beams
     if config.scoring_model is None:
         scorer, score_prompts, score_continuations = loaded, prompt_ids, token_ids
     else:
@@ -378,11 +386,13 @@ def curve_points(strategies: dict[str, decoders.Strategy]) -> dict[str, list[tup
     """For k, p and temperature: ``(value, strategy name)`` of every strategy that is one point of that curve.
 
     A point is sampling after a single ``top_k``, ``top_p`` or ``temperature`` processor; pure sampling is p = 1
-    and T = 1, greedy is k = 1.
+    and T = 1, greedy is k = 1. Other searches (beams) are no point of these curves.
     """
     points: dict[str, list[tuple[float, str]]] = {kind: [] for kind in CURVE_KINDS}
     for name, strategy in strategies.items():
         kinds = [p.kind for p in strategy.processors]
+        if strategy.search.kind != "single":
+            continue
         if strategy.selector.kind == "greedy" and not kinds:
             points["top_k"].append((1, name))
         elif strategy.selector.kind == "sample" and not kinds:

@@ -1,6 +1,7 @@
 """decoders: a pluggable decoding-strategy framework for causal language models.
 
     text → tokenizer → ids → model (KV cache) → logits → processors → selector → next token → repeat
+    (the search decides which sequences continue: one per prompt, beams, …)
 
 Compose a :class:`Strategy` (in code, from a preset, or from a JSON/TOML file), build it into a
 :class:`Chain`, and run it over logits — or let :func:`generate` drive a model with it.
@@ -25,15 +26,24 @@ from decoders.builtins import (
     TypicalPConfig,
 )
 from decoders.chain import Chain
-from decoders.config import ProcessorConfig, SelectorConfig
-from decoders.driver import GenerationResult, Generations, StepEvent, generate, stream
-from decoders.errors import DecodersError, GenerationError, ModelLoadError, NonFiniteLogitsError, PluginError
+from decoders.config import ProcessorConfig, SearchConfig, SelectorConfig
+from decoders.driver import generate, stream
+from decoders.errors import (
+    DecodersError,
+    GenerationError,
+    ModelLoadError,
+    NonFiniteLogitsError,
+    PluginError,
+    StrategyError,
+)
 from decoders.hookspecs import hookimpl
 from decoders.plugins import get_registry, register_plugin, reload_registry, unregister_plugin
 from decoders.processors import Candidates, DecodeContext, Processor, ValueProcessor
+from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent, StepLogprobs, TokenLogprob
+from decoders.searches import BeamConfig, Outcome, Search, SearchJob, SingleConfig
 from decoders.selectors import Selector, row_uniforms
-from decoders.strategy import PRESETS, Strategy, StrategyError
-from decoders.trace import StageRecord, StepRecord, TokenProb
+from decoders.strategy import PRESETS, Strategy
+from decoders.trace import BeamRecord, BeamStepRecord, StageRecord, StepRecord, TokenProb
 
 
 def load_model(name=None, **kwargs):
@@ -46,6 +56,9 @@ def load_model(name=None, **kwargs):
 __all__ = [
     "PRESETS",
     "BadWordsConfig",
+    "BeamConfig",
+    "BeamRecord",
+    "BeamStepRecord",
     "Candidates",
     "Chain",
     "DecodeContext",
@@ -56,26 +69,34 @@ __all__ = [
     "GenerationResult",
     "Generations",
     "GreedyConfig",
+    "Hypothesis",
     "LogitBiasConfig",
     "MinNewTokensConfig",
     "MinPConfig",
     "ModelLoadError",
     "NoRepeatNGramConfig",
     "NonFiniteLogitsError",
+    "Outcome",
     "PluginError",
     "PresenceFrequencyConfig",
     "Processor",
     "ProcessorConfig",
     "RepetitionPenaltyConfig",
     "SampleConfig",
+    "Search",
+    "SearchConfig",
+    "SearchJob",
     "Selector",
     "SelectorConfig",
+    "SingleConfig",
     "StageRecord",
     "StepEvent",
+    "StepLogprobs",
     "StepRecord",
     "Strategy",
     "StrategyError",
     "TemperatureConfig",
+    "TokenLogprob",
     "TokenProb",
     "TopKConfig",
     "TopNSigmaConfig",

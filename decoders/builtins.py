@@ -1,4 +1,4 @@
-"""Configs of the built-in processors and selectors, registered through the same hooks as plugins."""
+"""Configs of the built-in processors, selectors and searches, registered through the same hooks as plugins."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from decoders import processors as p
 from decoders import selectors as s
 from decoders.config import ProcessorConfig, SelectorConfig
 from decoders.hookspecs import hookimpl
+from decoders.searches import BeamConfig, SingleConfig
 
 MinTokensToKeep = Annotated[int, Field(ge=1, description="always keep at least this many of the most likely tokens")]
 
@@ -243,6 +244,7 @@ PROCESSOR_CONFIGS = (
     BadWordsConfig,
 )
 SELECTOR_CONFIGS = (GreedyConfig, SampleConfig)
+SEARCH_CONFIGS = (SingleConfig, BeamConfig)
 
 
 @hookimpl
@@ -254,4 +256,10 @@ def decoders_register_processors(register):
 @hookimpl
 def decoders_register_selectors(register):
     for config in SELECTOR_CONFIGS:
+        register(config)
+
+
+@hookimpl
+def decoders_register_searches(register):
+    for config in SEARCH_CONFIGS:
         register(config)

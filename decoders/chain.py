@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from decoders.errors import NonFiniteLogitsError
+from decoders.errors import NonFiniteLogitsError, StrategyError
 from decoders.processors.base import Candidates, DecodeContext, Processor
 from decoders.processors.truncation import TopK
 from decoders.selectors import Selector
@@ -68,17 +68,36 @@ class Chain:
         self.processors = list(processors)
         self.selector = selector
         self.use_candidates = use_candidates
+        self.context = DecodeContext()
 
     def reset(self, context: DecodeContext | None = None) -> None:
         """Start a new generation: pass the context to every processor (stateful ones clear their state)."""
-        context = context or DecodeContext()
+        self.context = context or DecodeContext()
         for processor in self.processors:
-            processor.reset(context)
+            processor.reset(self.context)
 
     def accept(self, tokens: torch.LongTensor) -> None:
         """Tell every processor which tokens ``[B]`` were just selected."""
         for processor in self.processors:
             processor.accept(tokens)
+
+    def reorder(self, rows: torch.LongTensor) -> None:
+        """Row i of the next step continues old row ``rows[i]``: update the context and every processor."""
+        self.context.select_rows(rows.tolist())
+        for processor in self.processors:
+            processor.reorder(rows)
+
+    def require(self, methods: Sequence[str], search: str) -> None:
+        """Refuse, with a clear message, a stateful processor that lacks a state method ``search`` will call."""
+        for index, processor in enumerate(self.processors):
+            missing = [method for method in methods if not processor.supports(method)]
+            if missing:
+                calls = " and ".join(f"{m}(...)" for m in missing)
+                raise StrategyError(
+                    f"{self._name(index)} keeps state per row but does not implement {calls}, which the "
+                    f"'{search}' search calls to follow its hypotheses; use the 'single' search, or add {calls} to "
+                    f"{type(processor).__name__}"
+                )
 
     def _name(self, index: int) -> str:
         if index < len(self.processors):

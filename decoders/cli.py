@@ -64,6 +64,39 @@ def percent(probability: float) -> str:
     return f"{probability * 100:6.2f}%"
 
 
+SearchOption = Annotated[
+    str | None,
+    typer.Option("--search", help="The search: single (one hypothesis per prompt) or beam, or a plugin's kind."),
+]
+NumBeamsOption = Annotated[int | None, typer.Option("--num-beams", help="Beam search: running hypotheses per prompt.")]
+LengthPenaltyOption = Annotated[
+    float | None, typer.Option("--length-penalty", help="Beam search: scores are divided by length ** this.")
+]
+EarlyStoppingOption = Annotated[
+    str | None, typer.Option("--early-stopping", help="Beam search: true, false or never (transformers' meanings).")
+]
+ReturnSequencesOption = Annotated[
+    int | None, typer.Option("--num-return-sequences", help="Beam search: ranked hypotheses per prompt (≤ beams).")
+]
+
+
+def with_search(chosen: Strategy, search: str | None, **flags: object) -> Strategy:
+    """``chosen`` with the search named by --search and its parameter flags (the strategy's own search if none)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    if search is None and not given:
+        return chosen
+    if search is None:
+        search = chosen.search.kind if chosen.search.kind != "single" else "beam"
+    if "early_stopping" in given:
+        value = str(given["early_stopping"]).strip().lower()
+        if value not in ("true", "false", "never"):
+            raise StrategyError(f"--early-stopping must be true, false or never, got {given['early_stopping']!r}")
+        given["early_stopping"] = {"true": True, "false": False}.get(value, value)
+    current = chosen.search.model_dump() if chosen.search.kind == search else {}
+    data = chosen.model_dump(exclude_none=True)
+    return Strategy.model_validate({**data, "search": {**current, **given, "kind": search}})
+
+
 def flags_strategy(
     strategy: str | None, model_defaults: bool, loaded, **flags: float | int | None
 ) -> Strategy:
@@ -100,6 +133,14 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Stop after this many new tokens.")] = 64,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text is generated (repeatable).")] = None,
     stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Print tokens as they come (default: on for one prompt).")] = None,
+    search: SearchOption = None,
+    num_beams: NumBeamsOption = None,
+    length_penalty: LengthPenaltyOption = None,
+    early_stopping: EarlyStoppingOption = None,
+    num_return_sequences: ReturnSequencesOption = None,
+    logprobs: Annotated[
+        int | None, typer.Option("--logprobs", help="Add per-token log-probabilities and this many alternatives to --json.")
+    ] = None,
     chat: ChatOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -111,9 +152,15 @@ def generate(
         strategy, model_defaults, loaded, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         typical_p=typical_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
-    options = dict(strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat)
+    chosen = with_search(
+        chosen, search, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+        num_return_sequences=num_return_sequences,
+    )  # fmt: skip
+    options = dict(
+        strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, logprobs=logprobs
+    )
     if stream is None:
-        stream = len(prompts) == 1 and not as_json
+        stream = len(prompts) == 1 and not as_json and chosen.build_search().streams
     if stream and not as_json:
         results = None
         if len(prompts) == 1:
@@ -129,17 +176,19 @@ def generate(
     else:
         results = decoders.generate(prompts, **options)
     if as_json:
-        records = [
-            {"prompt": r.prompt, "text": r.text, "generated_ids": r.generated_ids, "prompt_ids": r.prompt_ids,
-             "finish_reason": r.finish_reason}
-            for r in results
-        ]  # fmt: skip
-        extra = {"model": loaded.name, "strategy": chosen.model_dump(mode="json", exclude_none=True)}
-        emit_json({**records[0], **extra} if len(records) == 1 else {"results": records, **extra})
+        emit_json(
+            {
+                "model": loaded.name,
+                "strategy": chosen.model_dump(mode="json", exclude_none=True),
+                "results": [r.model_dump(mode="json", exclude_none=True) for r in results],
+            }
+        )
         return
     if not stream:
         for result in results:
             console.print(f"[dim]{result.prompt}[/][bold]{result.text}[/]", highlight=False)
+            for rank, other in enumerate(result.alternatives[1:], 2):
+                console.print(f"[dim]#{rank} ({other.score:.3f}):[/] {other.text}", highlight=False)
     error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {results[0].finish_reason}[/]", highlight=False)
 
 
@@ -169,6 +218,8 @@ def explain(
     top_k: Annotated[int, typer.Option(help="k of the reshaping demo (and default strategy).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed for the sampled choices.")] = 0,
     plot: Annotated[str | None, typer.Option("--plot", help="Draw each stage's top candidates to this PNG file.")] = None,
+    search: SearchOption = None,
+    num_beams: NumBeamsOption = None,
     chat: ChatOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -185,7 +236,7 @@ def explain(
         {"processors": [{"kind": "temperature", "temperature": temperature}, {"kind": "top_k", "top_k": top_k}],
          "selector": {"kind": "sample"}}
     )  # fmt: skip
-    chosen = Strategy.resolve(strategy) if strategy else reshape
+    chosen = with_search(Strategy.resolve(strategy) if strategy else reshape, search, num_beams=num_beams)
     walk = walk_prompt(prompt, loaded, chat=chat)
     next_logits = walk.logits[:, -1, :].float()
     generator = [torch.Generator().manual_seed(seed)]
@@ -220,8 +271,9 @@ def explain(
                                                  "top": candidates_json(st.top)} for st in r.stages],
                      "candidates": candidates_json(r.stages[-1].top),
                      "chosen": {"token": r.chosen.token, "id": r.chosen.token_id, "probability": r.chosen.probability}}
-                    for r in result.steps
+                    for r in result.steps or []
                 ],
+                "beam_steps": [r.model_dump(mode="json") for r in result.beam_steps or []],
                 "text": result.text,
             }
         )  # fmt: skip
@@ -243,8 +295,16 @@ def explain(
                          [(repr(decode(i)), i, percent(float(before[i])), percent(float(reshaped[i]))) for i in reshaped_ids],
                          ("token", "id", "before", "after")))  # fmt: skip
         show(f"\n[bold]8. Step by step[/] with {chosen.describe()} (seed {seed})", highlight=False)
+        for record in result.beam_steps or []:
+            show(f"\n[bold]step {record.step + 1}[/] [dim]running beams, cumulative log-probability[/]", highlight=False)
+            for n, beam in enumerate(record.beams, 1):
+                show(f"  {n:2}. {beam.score:9.3f}  {walk.text + beam.text!r}", highlight=False)
+            for beam in record.finished:
+                show(f"  [green]done[/] {beam.score:9.3f}  {walk.text + beam.text!r} [dim](score / length^penalty)[/]", highlight=False)
+        if result.beam_steps:
+            show(f"\n[bold]result[/] {walk.text + result.text!r} (score {result.score:.3f})", highlight=False)
         text_so_far = walk.text
-        for record in result.steps:
+        for record in result.steps or []:
             stages = " → ".join(f"{st.stage}: {st.survivors} tokens, H {st.entropy:.2f}" for st in record.stages)
             show(f"\n[bold]step {record.step + 1}[/] [dim]{stages}[/]", highlight=False)
             for n, c in enumerate(record.stages[-1].top, 1):
@@ -292,11 +352,11 @@ def compare(
 
 @app.command()
 def plugins(as_json: JsonOption = False) -> None:
-    """List every processor and selector kind, with the plugin that provides it."""
+    """List every processor, selector and search kind, with the plugin that provides it."""
     registry = get_registry()
     rows = [
         {"kind": r.kind, "role": r.role, "plugin": r.plugin, "description": r.config.describe()}
-        for table in (registry.processors, registry.selectors)
+        for table in (registry.processors, registry.selectors, registry.searches)
         for r in table.values()
     ]
     if as_json:

@@ -1,13 +1,16 @@
-"""Base classes for processor and selector configs (pydantic), the schema every ``kind`` follows."""
+"""Base classes for processor, selector and search configs (pydantic), the schema every ``kind`` follows."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from decoders.processors.base import Processor
 from decoders.selectors import Selector
+
+if TYPE_CHECKING:
+    from decoders.searches.base import Search
 
 
 class ComponentConfig(BaseModel):
@@ -49,4 +52,18 @@ class SelectorConfig(ComponentConfig):
     """Config of a selector, the last link of a chain."""
 
     def build(self) -> Selector:
+        raise NotImplementedError
+
+
+class SearchConfig(ComponentConfig):
+    """Config of a search, which decides which sequences continue (see :mod:`decoders.searches`).
+
+    Example:
+        >>> from typing import Literal
+        >>> class Twice(SearchConfig):
+        ...     kind: Literal["twice"] = "twice"
+        ...     def build(self): ...
+    """
+
+    def build(self) -> Search:
         raise NotImplementedError

@@ -1,131 +1,30 @@
-"""The autoregressive loop: prompts in, a chain choosing every token, text out.
+"""generate / stream: validate the inputs, then let the strategy's search drive a model session.
 
-    prompts → token ids, left-padded → one prefill forward (KV cache, last position's logits only)
-            → per step: chain.run → chain.choose → append → one forward pass of the one new token
+    inputs (prompts, strategy, model, lengths, seeds) → checked before the model runs
+      → chain (processors + selector) and search, built from the strategy
+      → ModelSession (left-padded prompts, KV cache) → search.run: step events, then ranked hypotheses
+      → GenerationResult per prompt
 
 :func:`stream` yields a :class:`StepEvent` per step; :func:`generate` runs the same loop to its end and
-returns the :class:`Generations`. The model is called with keyword arguments only (``input_ids``,
-``attention_mask``, ``position_ids``, the KV cache, ``use_cache``, ``logits_to_keep``), whichever of them
-its ``forward`` names, so any causal LM with that interface works, transformers or not.
+returns the :class:`Generations`. Any causal LM with the keyword interface of :mod:`decoders.session` works,
+transformers or not.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel
 
 from decoders.errors import GenerationError
 from decoders.processors.base import DecodeContext
+from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent
+from decoders.searches.base import Outcome, SearchJob, SearchRun
+from decoders.session import ModelSession
 from decoders.strategy import Strategy
-from decoders.trace import StepRecord, step_records
-
-FinishReason = Literal["eos", "length", "stop"]
-#: decoding options used for every text the driver returns (the exact text the model wrote)
-_DECODE = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-
-
-class GenerationResult(BaseModel):
-    """What the model wrote for one prompt.
-
-    Args:
-        prompt: the prompt as given (before any chat template).
-        text: the generated continuation only, decoded without special tokens; cut before a stop string.
-        prompt_ids: the prompt's token ids (chat template and the tokenizer's special tokens included).
-        generated_ids: every generated token id, the EOS id included when the model wrote one, and the
-            tokens of a stop string included (only ``text`` is cut).
-        finish_reason: ``"eos"`` (the model wrote an end-of-sequence token), ``"stop"`` (a stop string
-            appeared), or ``"length"`` (``max_new_tokens`` reached).
-        steps: one :class:`StepRecord` per generated token when tracing, else None.
-
-    Example:
-        >>> result = decoders.generate(["Hi", "Hello"], model=(model, tokenizer))[1]  # doctest: +SKIP
-        >>> result.finish_reason, len(result.generated_ids)  # doctest: +SKIP
-        ('length', 64)
-    """
-
-    prompt: str
-    text: str
-    prompt_ids: list[int]
-    generated_ids: list[int]
-    finish_reason: FinishReason
-    steps: list[StepRecord] | None = None
-
-
-class Generations(list):
-    """The results of one :func:`generate` call, one :class:`GenerationResult` per prompt, in order.
-
-    ``text``, ``generated_ids``, ``prompt_ids`` and ``finish_reason`` read the only result when there is
-    exactly one, so ``generate("Hi").text`` works; with several, index first: ``generate(["a", "b"])[1].text``.
-
-    Example:
-        >>> results = decoders.generate(["Once", "The"], model=(model, tokenizer), max_new_tokens=4)  # doctest: +SKIP
-        >>> [r.finish_reason for r in results], results[1].prompt  # doctest: +SKIP
-        (['length', 'length'], 'The')
-    """
-
-    def _only(self, field: str) -> GenerationResult:
-        if len(self) != 1:
-            raise GenerationError(
-                f"these generations hold {len(self)} results, so .{field} is ambiguous: "
-                f"index one first, e.g. results[0].{field}, or use [r.{field} for r in results]"
-            )
-        return self[0]
-
-    @property
-    def text(self) -> str:
-        return self._only("text").text
-
-    @property
-    def generated_ids(self) -> list[int]:
-        return self._only("generated_ids").generated_ids
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return self._only("prompt_ids").prompt_ids
-
-    @property
-    def finish_reason(self) -> FinishReason:
-        return self._only("finish_reason").finish_reason
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """One generation step of the whole batch, as :func:`stream` yields it; the last event holds the results.
-
-    The final event comes after the last step (also when ``max_new_tokens`` is 0): its ``results`` is the
-    :class:`Generations`, its ``step`` the number of steps run, ``token_ids`` all None, ``texts`` all empty
-    and ``finished`` all True. Every other event has ``results`` None.
-
-    Args:
-        step: index of the generated token (0 for the first new token).
-        token_ids: the token chosen for each row, None for rows that had already finished.
-        texts: the text each row's new token made decodable (``""`` when nothing new, e.g. half of a
-            multi-byte character, or text held back because it may be the start of a stop string). A row's
-            texts, concatenated over all events, equal its final ``text``.
-        finished: whether each row has finished (at this step or before).
-        records: per row, that step's :class:`StepRecord` when tracing (None for finished rows); None when
-            tracing is off.
-        results: the :class:`Generations`, on the final event only.
-
-    Example:
-        >>> for event in decoders.stream("Once upon a time", "balanced", seed=0):  # doctest: +SKIP
-        ...     print(event.texts[0], end="", flush=True)
-        ...     if event.results is not None:
-        ...         print(" →", event.results.finish_reason)
-    """
-
-    step: int
-    token_ids: list[int | None]
-    texts: list[str]
-    finished: list[bool]
-    records: list[StepRecord | None] | None = None
-    results: Generations | None = None
 
 
 @dataclass
@@ -170,110 +69,6 @@ def _resolve_model(model: Any) -> Any:
         f"model must be None (the embedded default), a model name or folder, a LoadedModel, or a (model, tokenizer) "
         f"tuple; got {type(model).__name__}"
     )
-
-
-class _Forward:
-    """Calls the model with the argument names its ``forward`` uses (looked up once, not per step)."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        params = inspect.signature(model.forward).parameters
-        self.cache_name = "cache" if "cache" in params else "past_key_values"
-        self.takes_positions = "position_ids" in params
-        keep = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
-        self.options = {"use_cache": True, **({keep: 1} if keep else {})}
-
-    def __call__(self, input_ids, attention_mask, position_ids, cache) -> tuple[torch.Tensor, Any]:
-        """Logits of the last position ``[B, V]`` and the updated cache."""
-        kwargs = dict(self.options, input_ids=input_ids, attention_mask=attention_mask)
-        if self.takes_positions:
-            kwargs["position_ids"] = position_ids
-        if cache is not None:
-            kwargs[self.cache_name] = cache
-        output = self.model(**kwargs)
-        cache = getattr(output, "cache", None)
-        if cache is None:
-            cache = getattr(output, "past_key_values", None)
-        if cache is None:
-            raise GenerationError(
-                f"{type(self.model).__name__} returned no KV cache for use_cache=True; the driver feeds one token per "
-                "step and needs it: use a causal LM that supports caching"
-            )
-        return output.logits[:, -1, :], cache
-
-
-def _device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-class _RowText:
-    """The text of one row, decoded incrementally (a few tokens at a time, never the whole sequence).
-
-    A token's text is taken only once it decodes cleanly (no trailing U+FFFD from half a UTF-8 character);
-    with stop strings, text that may be the start of one is held back until it is clear.
-    """
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str]):
-        self.tokenizer = tokenizer
-        self.stops = stops
-        self.longest_stop = max(map(len, stops), default=0)
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # ids[prefix_offset:read_offset] give the context for decoding the new ids
-        self.read_offset = 0
-        self.text = ""
-        self.emitted = 0
-        self.stop_at: int | None = None
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, **_DECODE)
-
-    def push(self, token_id: int) -> None:
-        """Add a token; afterwards :attr:`stop_at` is set if the text now contains a stop string."""
-        self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        after = self._decode(self.ids[self.prefix_offset :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._extend(after[len(before) :])
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-
-    def flush(self) -> None:
-        """End of the row: take whatever is left, even half a character."""
-        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        self.text += self._decode(self.ids[self.prefix_offset :])[len(before) :]
-        self.read_offset = len(self.ids)
-
-    def _extend(self, new: str) -> None:
-        start = max(0, len(self.text) - self.longest_stop + 1)
-        self.text += new
-        if self.stops:
-            found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-            if found:
-                self.stop_at = min(found)
-
-    def take(self, final: bool) -> str:
-        """The text not yet taken that is certain to stay (all of it, cut at a stop string, when ``final``)."""
-        end = len(self.text) if self.stop_at is None else self.stop_at
-        if not final:
-            end -= self._held_back()
-        new, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
-        return new
-
-    def _held_back(self) -> int:
-        """Length of the longest end of the text that is a proper prefix of a stop string."""
-        for length in range(min(self.longest_stop - 1, len(self.text) - self.emitted), 0, -1):
-            if any(s.startswith(self.text[-length:]) for s in self.stops):
-                return length
-        return 0
-
-    @property
-    def final_text(self) -> str:
-        return self.text if self.stop_at is None else self.text[: self.stop_at]
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -324,7 +119,7 @@ def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[
 
 
 class _Generation:
-    """One call: its inputs, validated when it is made (before the model runs), and the loop's state.
+    """One call: its inputs, validated when it is made (before the model runs), then the search's run.
 
     ``texts=False`` skips decoding each step's text unless stop strings need it (what :func:`generate` does).
     """
@@ -342,6 +137,7 @@ class _Generation:
         trace: bool,
         top: int,
         ignore_eos: bool,
+        logprobs: int | None,
         texts: bool,
     ):
         self.prompts = _as_prompts(prompts)
@@ -350,14 +146,29 @@ class _Generation:
             raise GenerationError(f"max_new_tokens must be a whole number ≥ 0, got {max_new_tokens!r}")
         if trace and top < 1:
             raise GenerationError(f"top must be ≥ 1 to trace, got {top}")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise GenerationError(
+                f"logprobs must be None (off) or a whole number ≥ 0 of top alternatives per token, got {logprobs!r}"
+            )
         self.max_new_tokens, self.trace, self.top, self.ignore_eos = max_new_tokens, trace, top, ignore_eos
+        self.logprobs, self.texts = logprobs, texts
         self.generators = _generators(seed, len(self.prompts))
-        self.chain = Strategy.resolve(strategy).build()
+        self.strategy = Strategy.resolve(strategy)
+        self.chain = self.strategy.build()
+        self.search = self.strategy.build_search()
+        if texts and not self.search.streams:
+            raise GenerationError(
+                f"the '{self.search.kind}' search cannot stream: its hypotheses are only decided at the end. "
+                "Use decoders.generate() (the CLI's --no-stream), or a search that streams such as 'single'"
+            )
+        if self.stops and not self.search.stop_strings:
+            raise GenerationError(
+                f"the '{self.search.kind}' search does not take stop strings: leave stop out and cut the texts afterwards"
+            )
         self.loaded = _resolve_model(model)
         self.tokenizer = self.loaded.tokenizer
         self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, chat)
         self._check_lengths()
-        self.rows_text = [_RowText(self.tokenizer, self.stops) for _ in self.prompts] if texts or self.stops else None
 
     def _check_lengths(self) -> None:
         context = self.loaded.context_length
@@ -372,131 +183,49 @@ class _Generation:
                     f"shorten the prompt or lower max_new_tokens to {max(context - len(ids), 0)}"
                 )
 
-    # ---- the loop -----------------------------------------------------------------------------------------
-
     def events(self) -> Iterator[StepEvent]:
-        """One event per step while any row runs, then the final event with the results."""
-        self._start()
-        step = 0
-        while step < self.max_new_tokens and not all(self.finished):
-            yield self._advance(step)
-            step += 1
+        """The search's step events, then the final event with the results."""
+        outcomes = yield from self._run()
         rows = len(self.prompts)
-        yield StepEvent(step, [None] * rows, [""] * rows, [True] * rows, results=self._collect())
+        steps = max((len(h.generated_ids) for o in outcomes for h in o.hypotheses), default=0)
+        yield StepEvent(steps, [None] * rows, [""] * rows, [True] * rows, results=self._results(outcomes))
 
     @torch.inference_mode()
-    def _start(self) -> None:
-        """Left-pad the prompts into preallocated buffers, reset the chain, prefill the cache."""
-        rows, width = len(self.prompt_ids), max(map(len, self.prompt_ids))
+    def _run(self) -> SearchRun:
         eos = self.loaded.eos_token_ids
         pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (eos[0] if eos else 0)
-        self.eos = set() if self.ignore_eos else set(eos)
-        self.prompt_length = width
-        model = self.loaded.model
-        device = _device(model)
-        total = width + self.max_new_tokens
-        self.ids = torch.full((rows, total), self.pad_id, dtype=torch.long)
-        self.mask = torch.ones((rows, total), dtype=torch.long)
-        for row, ids in enumerate(self.prompt_ids):
-            self.ids[row, width - len(ids) : width] = torch.tensor(ids)
-            self.mask[row, : width - len(ids)] = 0
-        self.ids, self.mask = self.ids.to(device), self.mask.to(device)
-        self.padded = bool((self.mask[:, :width] == 0).any())
-        positions = (self.mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        self.finished = [False] * rows
-        self.finished_mask = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.reasons: list[FinishReason] = ["length"] * rows
-        self.counts = [0] * rows
-        self.records: list[list[StepRecord]] | None = [[] for _ in range(rows)] if self.trace else None
+        pad_id = pad if pad is not None else (eos[0] if eos else 0)
+        width = max(map(len, self.prompt_ids))
         self.chain.reset(
             DecodeContext(
-                prompt_length=width, eos_token_ids=eos, tokenizer=self.tokenizer, generators=self.generators,
+                prompt_length=width, eos_token_ids=eos, tokenizer=self.tokenizer,
+                generators=None if self.generators is None else list(self.generators),
                 padding=[width - len(ids) for ids in self.prompt_ids],
             )  # fmt: skip
         )
         if self.max_new_tokens == 0:
-            return
-        self.forward = _Forward(model)
-        self.logits, self.cache = self.forward(self.ids[:, :width], self._mask(width), positions, None)
-        self.next_positions = positions[:, -1:] + 1
+            empty = Hypothesis(text="", generated_ids=[], score=0.0, finish_reason="length")
+            return [Outcome([empty]) for _ in self.prompts]
+        session = ModelSession(self.loaded.model, self.prompt_ids, pad_id, self.max_new_tokens)
+        job = SearchJob(
+            session=session, chain=self.chain, tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens,
+            eos_token_ids=frozenset() if self.ignore_eos else frozenset(eos), generators=self.generators,
+            stops=self.stops, texts=self.texts, trace=self.trace, top=self.top, logprobs=self.logprobs,
+        )  # fmt: skip
+        return (yield from self.search.run(job))
 
-    def _mask(self, length: int) -> torch.Tensor | None:
-        return self.mask[:, :length] if self.padded else None
-
-    @torch.inference_mode()
-    def _advance(self, step: int) -> StepEvent:
-        """Pick one token per row (after one forward pass of the previous token, past the first step)."""
-        length = self.prompt_length + step
-        if step:
-            self.logits, self.cache = self.forward(
-                self.ids[:, length - 1 : length], self._mask(length), self.next_positions, self.cache
+    def _results(self, outcomes: list[Outcome]) -> Generations:
+        results = Generations()
+        for prompt, prompt_ids, outcome in zip(self.prompts, self.prompt_ids, outcomes):
+            best = outcome.hypotheses[0]
+            results.append(
+                GenerationResult(
+                    prompt=prompt, text=best.text, prompt_ids=list(prompt_ids), generated_ids=best.generated_ids,
+                    finish_reason=best.finish_reason, score=best.score, alternatives=outcome.hypotheses,
+                    logprobs=best.logprobs, steps=outcome.steps, beam_steps=outcome.beam_steps,
+                )  # fmt: skip
             )
-            self.next_positions = self.next_positions + 1
-        logits = self.logits.float()
-        stages = [("model", logits)] if self.trace else None
-        observer = (
-            (lambda index, processor, before, after: stages.append((processor.kind, after))) if self.trace else None
-        )
-        scores = self.chain.run(self.ids[:, :length], logits, observer)
-        tokens = self.chain.choose(scores, self.generators)
-        if any(self.finished):
-            tokens = tokens.masked_fill(self.finished_mask, self.pad_id)
-        self.ids[:, length] = tokens
-        self.chain.accept(tokens)
-
-        active = [row for row, done in enumerate(self.finished) if not done]
-        records: list[StepRecord | None] | None = None
-        if self.trace:
-            records = [None] * len(self.finished)
-            for record in step_records(step, stages, tokens, self.tokenizer, rows=active, top=self.top):
-                records[record.row] = record
-                self.records[record.row].append(record)
-        token_ids: list[int | None] = [None] * len(self.finished)
-        texts = [""] * len(self.finished)
-        chosen = tokens.tolist()
-        last_step = step == self.max_new_tokens - 1
-        for row in active:
-            token_ids[row] = token = chosen[row]
-            self.counts[row] += 1
-            row_text = self.rows_text[row] if self.rows_text else None
-            if row_text is not None:
-                row_text.push(token)
-            if token in self.eos:
-                self._finish(row, "eos")
-            elif row_text is not None and row_text.stop_at is not None:
-                self._finish(row, "stop")
-            elif last_step:
-                self._finish(row, "length")
-            if row_text is not None:
-                texts[row] = row_text.take(final=self.finished[row])
-        return StepEvent(step, token_ids, texts, list(self.finished), records)
-
-    def _finish(self, row: int, reason: FinishReason) -> None:
-        self.finished[row] = True
-        self.finished_mask[row] = True
-        self.reasons[row] = reason
-        if self.rows_text and reason != "stop":
-            self.rows_text[row].flush()
-
-    def _collect(self) -> Generations:
-        start = self.prompt_length
-        generated = [self.ids[row, start : start + count].tolist() for row, count in enumerate(self.counts)]
-        if self.rows_text:
-            texts = [row_text.final_text for row_text in self.rows_text]
-        else:
-            texts = self.tokenizer.batch_decode(generated, **_DECODE)
-        return Generations(
-            GenerationResult(
-                prompt=prompt,
-                text=text,
-                prompt_ids=list(prompt_ids),
-                generated_ids=ids,
-                finish_reason=self.reasons[row],
-                steps=self.records[row] if self.records is not None else None,
-            )
-            for row, (prompt, text, prompt_ids, ids) in enumerate(zip(self.prompts, texts, self.prompt_ids, generated))
-        )
+        return results
 
 
 def stream(
@@ -511,11 +240,13 @@ def stream(
     trace: bool = False,
     top: int = 10,
     ignore_eos: bool = False,
+    logprobs: int | None = None,
 ) -> Iterator[StepEvent]:
     """Generate step by step: one :class:`StepEvent` per step, then a final event carrying the results.
 
     Bad input raises :class:`GenerationError` at once, when ``stream`` is called; the model runs as the
-    events are taken.
+    events are taken. A search that decides its hypotheses only at the end (beam search) cannot stream and
+    is refused here: use :func:`generate`.
 
     Args:
         prompts: one prompt or a list of prompts (a batch, left-padded). An empty string is an error;
@@ -537,6 +268,9 @@ def stream(
         top: how many candidates per stage a trace keeps.
         ignore_eos: keep generating after an end-of-sequence token (for benchmarks: every row then runs
             exactly ``max_new_tokens`` steps unless a stop string ends it).
+        logprobs: None (off, no cost), or ``n ≥ 0``: each result's ``logprobs`` then holds, per generated
+            token, its log-probability under the raw model and under the processed distribution, and the
+            ``n`` most likely tokens under the raw model with both of theirs.
 
     Example:
         >>> events = list(decoders.stream(["Hi", "Hello"], "top_k", model=(model, tokenizer), seed=0))  # doctest: +SKIP
@@ -545,7 +279,7 @@ def stream(
     """
     run = _Generation(
         prompts, strategy, model, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, trace=trace, top=top,
-        ignore_eos=ignore_eos, texts=True,
+        ignore_eos=ignore_eos, logprobs=logprobs, texts=True,
     )  # fmt: skip
     return run.events()
 
@@ -562,6 +296,7 @@ def generate(
     trace: bool = False,
     top: int = 10,
     ignore_eos: bool = False,
+    logprobs: int | None = None,
 ) -> Generations:
     """Generate a continuation of each prompt with a decoding strategy; the arguments are :func:`stream`'s.
 
@@ -576,7 +311,7 @@ def generate(
     """
     run = _Generation(
         prompts, strategy, model, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, trace=trace, top=top,
-        ignore_eos=ignore_eos, texts=False,
+        ignore_eos=ignore_eos, logprobs=logprobs, texts=False,
     )  # fmt: skip
     for event in run.events():
         if event.results is not None:

@@ -19,3 +19,7 @@ class ModelLoadError(DecodersError):
 
 class GenerationError(DecodersError, ValueError):
     """Bad input to generation: an empty prompt, a prompt too long for the model, a bad length."""
+
+
+class StrategyError(DecodersError, ValueError):
+    """A strategy could not be found, read, converted, or built (e.g. a processor that a search cannot follow)."""

@@ -16,9 +16,13 @@ class ChainLogitsProcessor(LogitsProcessor):
     """Run a built chain's processors inside ``model.generate`` (dense scores in, dense scores out).
 
     Only the processors run: transformers still picks the token (greedy or sampling, by its own
-    ``GenerationConfig``), so the chain's selector is not used. A call whose ``input_ids`` are the previous
-    call's plus one token is the next step: the chain is told that token (``chain.accept``); any other call
-    starts a new generation and resets the chain, so stateful processors work too.
+    ``GenerationConfig``), so the chain's selector is not used. transformers does not say which row a call's
+    row continues, so the history says it: when every row of a call is some row of the previous call plus one
+    token, that is the next step, and the chain follows it exactly as decoders' own searches do
+    (``chain.reorder`` with each row's parent when beam search reordered them, then ``chain.accept`` of the
+    new tokens). Any other call starts a new generation and resets the chain. Stateful processors therefore
+    work under greedy, sampling and beam search (rows with identical histories have identical state, so
+    which of them a row is matched to does not matter).
 
     Args:
         chain: a built chain (:meth:`Strategy.build`).
@@ -36,29 +40,31 @@ class ChainLogitsProcessor(LogitsProcessor):
         self.chain = chain
         self.eos_token_ids = tuple(eos_token_ids)
         self.tokenizer = tokenizer
-        self._length: int | None = None
-        self._last_tokens: torch.Tensor | None = None
+        self._previous: torch.Tensor | None = None
 
-    def _continues(self, input_ids: torch.LongTensor) -> bool:
-        """Whether ``input_ids`` is the previous call's sequence plus one token."""
-        previous = self._last_tokens
-        return (
-            previous is not None
-            and input_ids.shape[1] == self._length + 1
-            and input_ids.shape[0] == previous.shape[0]
-            and torch.equal(input_ids[:, -2], previous)
-        )
+    def _parents(self, input_ids: torch.LongTensor) -> torch.LongTensor | None:
+        """For each row, a row of the previous call that it extends by one token; None if some row extends none."""
+        previous = self._previous
+        if previous is None or input_ids.shape[1] != previous.shape[1] + 1 or input_ids.shape[0] != previous.shape[0]:
+            return None
+        same = (input_ids[:, None, :-1] == previous[None, :, :]).all(dim=-1)  # [new row, old row]
+        if not bool(same.any(dim=-1).all()):
+            return None
+        return same.int().argmax(dim=-1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._continues(input_ids):
-            self.chain.accept(input_ids[:, -1])
-        else:
+        parents = self._parents(input_ids)
+        if parents is None:
             self.chain.reset(
                 DecodeContext(
                     prompt_length=input_ids.shape[1], eos_token_ids=self.eos_token_ids, tokenizer=self.tokenizer
                 )
             )
-        self._length, self._last_tokens = input_ids.shape[1], input_ids[:, -1].clone()
+        else:
+            if not bool((parents == torch.arange(len(parents), device=parents.device)).all()):
+                self.chain.reorder(parents)
+            self.chain.accept(input_ids[:, -1])
+        self._previous = input_ids.clone()
         return self.chain.process(input_ids, scores)
 
 

@@ -35,3 +35,12 @@ def decoders_register_selectors(register: Callable[[type], None]) -> None:
     ``ConfigClass`` subclasses :class:`decoders.SelectorConfig`; its ``build()`` returns a
     :class:`decoders.Selector`.
     """
+
+
+@hookspec
+def decoders_register_searches(register: Callable[[type], None]) -> None:
+    """Register search configs: call ``register(ConfigClass)`` once per kind.
+
+    ``ConfigClass`` subclasses :class:`decoders.SearchConfig`; its ``build()`` returns a
+    :class:`decoders.Search`.
+    """

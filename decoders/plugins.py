@@ -18,7 +18,7 @@ import pluggy
 from pydantic import Discriminator, TypeAdapter
 
 from decoders import builtins, hookspecs
-from decoders.config import ComponentConfig, ProcessorConfig, SelectorConfig
+from decoders.config import ComponentConfig, ProcessorConfig, SearchConfig, SelectorConfig
 from decoders.errors import PluginError
 
 ENTRY_POINT_GROUP = "decoders"
@@ -37,7 +37,7 @@ class Registration:
     kind: str
     config: type[ComponentConfig]
     plugin: str
-    role: str  # "processor" or "selector"
+    role: str  # "processor", "selector" or "search"
 
 
 def _discriminated(configs: list[type]) -> Any:
@@ -48,19 +48,20 @@ def _discriminated(configs: list[type]) -> Any:
 
 @dataclass
 class Registry:
-    """Every registered processor and selector kind, and the problems met while loading plugins."""
+    """Every registered processor, selector and search kind, and the problems met while loading plugins."""
 
     processors: dict[str, Registration] = field(default_factory=dict)
     selectors: dict[str, Registration] = field(default_factory=dict)
+    searches: dict[str, Registration] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     plugins: list[str] = field(default_factory=list)
 
     def _table(self, role: str) -> dict[str, Registration]:
-        return self.processors if role == "processor" else self.selectors
+        return {"processor": self.processors, "selector": self.selectors, "search": self.searches}[role]
 
     def register(self, plugin: str, role: str, config: Any) -> None:
         """Add one config class for ``plugin``; record a problem (and skip it) if it is not valid or clashes."""
-        base = ProcessorConfig if role == "processor" else SelectorConfig
+        base = {"processor": ProcessorConfig, "selector": SelectorConfig, "search": SearchConfig}[role]
         if not (isinstance(config, type) and issubclass(config, base)):
             self.problems.append(
                 f"plugin '{plugin}' registered {config!r} as a {role}, but it is not a subclass of "
@@ -84,7 +85,7 @@ class Registry:
         table[kind] = Registration(kind, config, plugin, role)
 
     def kinds(self, role: str) -> list[str]:
-        """Registered kind names for ``role`` ("processor" or "selector"), in registration order."""
+        """Registered kind names for ``role`` ("processor", "selector" or "search"), in registration order."""
         return list(self._table(role))
 
     @cached_property
@@ -97,12 +98,18 @@ class Registry:
         """Validates one selector config."""
         return TypeAdapter(_discriminated([r.config for r in self.selectors.values()]))
 
+    @cached_property
+    def search_adapter(self) -> TypeAdapter:
+        """Validates one search config."""
+        return TypeAdapter(_discriminated([r.config for r in self.searches.values()]))
+
 
 def _call_hooks(manager: pluggy.PluginManager, registry: Registry) -> None:
     """Run each plugin's registration hooks separately, so each kind is attributed to its plugin."""
     for role, caller in (
         ("processor", manager.hook.decoders_register_processors),
         ("selector", manager.hook.decoders_register_selectors),
+        ("search", manager.hook.decoders_register_searches),
     ):
         for impl in caller.get_hookimpls():  # registration order: built-ins first
             try:

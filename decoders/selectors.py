@@ -25,6 +25,13 @@ class Selector:
         """Select from a candidate set. Default: densify and call :meth:`select`."""
         return self.select(candidates.to_dense(), generators)
 
+    def select_many(self, scores: torch.Tensor, n: int, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+        """Pick ``n`` distinct columns per row of ``scores [B, N]``, best score first (what beam search needs).
+
+        Selectors that cannot pick several tokens at once leave this out; beam search then refuses them.
+        """
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -47,6 +54,10 @@ class Greedy(Selector):
         at_max = values == values.amax(dim=-1, keepdim=True)
         return torch.where(at_max, ids, candidates.vocab_size).amin(dim=-1)
 
+    def select_many(self, scores, n, generators=None):
+        """The ``n`` best columns (``torch.topk``, as transformers' beam search)."""
+        return torch.topk(scores, n, dim=-1).indices
+
 
 def row_uniforms(rows: int, generators: list[torch.Generator] | None) -> torch.Tensor:
     """One uniform draw in [0, 1) per row (float64), each from that row's generator (global RNG if None)."""
@@ -55,6 +66,19 @@ def row_uniforms(rows: int, generators: list[torch.Generator] | None) -> torch.T
     if len(generators) != rows:
         raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
     return torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators])
+
+
+def row_gumbels(shape: tuple[int, int], generators: list[torch.Generator] | None, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise ``[B, N]`` (float32), row i drawn from generator i (the global RNG if None)."""
+    rows, columns = shape
+    if generators is None:
+        uniforms = torch.rand(shape)
+    else:
+        if len(generators) != rows:
+            raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
+        uniforms = torch.stack([torch.rand(columns, generator=g) for g in generators])
+    tiny = torch.finfo(torch.float32).tiny
+    return -torch.log(-torch.log(uniforms.clamp(min=tiny))).to(device)
 
 
 def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -80,6 +104,13 @@ class Sample(Selector):
 
     def select(self, logits, generators=None):
         return _inverse_cdf(logits.float(), row_uniforms(logits.shape[0], generators))
+
+    def select_many(self, scores, n, generators=None):
+        """``n`` columns drawn without replacement from softmax(scores) (Gumbel-top-k), sorted by score."""
+        keys = scores.float() + row_gumbels(tuple(scores.shape), generators, scores.device)
+        columns = torch.topk(keys, n, dim=-1).indices
+        order = torch.sort(scores.gather(1, columns), dim=-1, descending=True, stable=True).indices
+        return columns.gather(1, order)
 
     def select_candidates(self, candidates, generators=None):
         ids, order = torch.sort(candidates.ids, dim=-1)

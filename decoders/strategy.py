@@ -1,8 +1,8 @@
-"""Strategies: an ordered list of processor configs plus one selector config, validated by pydantic.
+"""Strategies: an ordered list of processor configs, one selector config and one search config (pydantic).
 
 A strategy is data (JSON/TOML, presets, transformers ``GenerationConfig``); :meth:`Strategy.build` turns
-it into a :class:`decoders.chain.Chain`. The processor kinds accepted are whatever the plugin registry
-holds at validation time, built-ins and plugins alike.
+it into a :class:`decoders.chain.Chain`, :meth:`Strategy.build_search` into a search. The kinds accepted
+are whatever the plugin registry holds at validation time, built-ins and plugins alike.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from decoders import builtins as b
 from decoders.chain import Chain
-from decoders.config import ProcessorConfig, SelectorConfig
-from decoders.errors import DecodersError
+from decoders.config import ProcessorConfig, SearchConfig, SelectorConfig
+from decoders.errors import StrategyError
 from decoders.plugins import _discriminated, get_registry
+from decoders.searches import Search, SingleConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "greedy": {"processors": [], "selector": {"kind": "greedy"}},
@@ -48,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "selector": {"kind": "sample"},
     },
+    "beam_search": {"processors": [], "selector": {"kind": "greedy"}, "search": {"kind": "beam", "num_beams": 4}},
 }
 PRESET_DESCRIPTIONS = {
     "greedy": "always the most likely token",
@@ -59,9 +61,10 @@ PRESET_DESCRIPTIONS = {
     "pure_sampling": "sampling from the model's full distribution",
     "min_p": "min-p 0.1",
     "llama_cpp": "llama.cpp's default order: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8",
+    "beam_search": "beam search with 4 beams: the most likely whole sequence it finds",
 }
-#: the six presets the tutorial compares, in its order
-COMPARE_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced")
+#: the six presets the tutorial compares, in its order, then beam search
+COMPARE_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced", "beam_search")
 
 # GenerationConfig fields that say how long to generate or which tokens are special, not how to pick one
 _NOT_STRATEGY_FIELDS = {
@@ -70,22 +73,27 @@ _NOT_STRATEGY_FIELDS = {
     "_from_model_config", "output_attentions", "output_hidden_states",
 }  # fmt: skip
 _WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+_BEAM_FIELDS = ("length_penalty", "early_stopping", "num_return_sequences")
 _SUPPORTED_FIELDS = {
     "do_sample", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
-    "min_new_tokens", *_WARPER_FIELDS,
+    "min_new_tokens", "num_beams", *_BEAM_FIELDS, *_WARPER_FIELDS,
 }  # fmt: skip
 
 
-class StrategyError(DecodersError, ValueError):
-    """A strategy could not be found, read or converted."""
+def _describe_config(config: Any) -> str:
+    """``kind(values that differ from the defaults)``."""
+    fields = type(config).model_fields
+    values = [str(v) for k, v in config.model_dump().items() if k != "kind" and v != fields[k].default]
+    return f"{config.kind}({', '.join(values)})" if values else config.kind
 
 
 class Strategy(BaseModel):
-    """An ordered chain of processor configs and one selector config.
+    """An ordered chain of processor configs, one selector config and one search config.
 
     Args:
         processors: processor configs (or dicts with a ``kind``), run in the order given.
         selector: the selector config (or dict); default greedy.
+        search: the search config (or dict); default ``single`` (one hypothesis per prompt).
         name: an optional label, shown in reports.
 
     Example:
@@ -101,6 +109,7 @@ class Strategy(BaseModel):
     name: str | None = None
     processors: list[SerializeAsAny[ProcessorConfig]] = Field(default_factory=list)
     selector: SerializeAsAny[SelectorConfig] = Field(default_factory=b.GreedyConfig)
+    search: SerializeAsAny[SearchConfig] = Field(default_factory=SingleConfig)
 
     @field_validator("processors", mode="wrap")
     @classmethod
@@ -112,17 +121,30 @@ class Strategy(BaseModel):
     def _validate_selector(cls, value: Any, handler: Any) -> SelectorConfig:
         return get_registry().selector_adapter.validate_python(value)
 
+    @field_validator("search", mode="wrap")
+    @classmethod
+    def _validate_search(cls, value: Any, handler: Any) -> SearchConfig:
+        return get_registry().search_adapter.validate_python(value)
+
     def build(self, *, use_candidates: bool = True) -> Chain:
-        """Build the chain: each config's ``build()``, in order, then the selector."""
-        return Chain([config.build() for config in self.processors], self.selector.build(), use_candidates=use_candidates)
+        """Build the chain: each config's ``build()``, in order, then the selector.
+
+        Raises :class:`StrategyError` when the search cannot use this chain (e.g. a stateful processor
+        without ``reorder`` under beam search), so a bad combination fails here and not mid-generation.
+        """
+        chain = Chain([config.build() for config in self.processors], self.selector.build(), use_candidates=use_candidates)
+        self.build_search().check(chain)
+        return chain
+
+    def build_search(self) -> Search:
+        """Build the search (see :mod:`decoders.searches`)."""
+        return self.search.build()
 
     def describe(self) -> str:
-        """A one-line human description, e.g. ``temperature(0.7) → top_k(50) → sample``."""
-        parts = []
-        for config in self.processors:
-            values = [str(v) for k, v in config.model_dump().items() if k != "kind" and v != type(config).model_fields[k].default]
-            parts.append(f"{config.kind}({', '.join(values)})")
-        return " → ".join([*parts, self.selector.kind])
+        """A one-line human description, e.g. ``temperature(0.7) → top_k(50) → sample`` (``· beam(4)`` for a search)."""
+        parts = [_describe_config(config) for config in self.processors]
+        chain = " → ".join([*parts, self.selector.kind])
+        return chain if self.search.kind == "single" else f"{chain} · {_describe_config(self.search)}"
 
     # ---- presets and files ------------------------------------------------------------------------------
 
@@ -177,6 +199,7 @@ class Strategy(BaseModel):
         registry = get_registry()
         processor = _discriminated([r.config for r in registry.processors.values()])
         selector = _discriminated([r.config for r in registry.selectors.values()])
+        search = _discriminated([r.config for r in registry.searches.values()])
         model = create_model(
             "Strategy",
             __config__=ConfigDict(extra="forbid"),
@@ -184,6 +207,7 @@ class Strategy(BaseModel):
             name=(str | None, None),
             processors=(list[processor], Field(default_factory=list)),
             selector=(selector, Field(default_factory=b.GreedyConfig)),
+            search=(search, Field(default_factory=SingleConfig)),
         )
         return model.model_json_schema()
 
@@ -239,11 +263,20 @@ class Strategy(BaseModel):
                 processors.append({"kind": "eta_cutoff", "eta_cutoff": fields["eta_cutoff"]})
         else:
             ignored += [f"{k} (do_sample is off)" for k in _WARPER_FIELDS if k in fields]
+        search: dict[str, Any] = {"kind": "single"}
+        if fields.get("num_beams", 1) > 1:
+            search = {"kind": "beam", "num_beams": fields["num_beams"]}
+            search.update({k: fields[k] for k in _BEAM_FIELDS if k in fields})
+        else:
+            ignored += [f"{k} (num_beams is 1)" for k in _BEAM_FIELDS if k in fields and k != "num_return_sequences"]
+            if fields.get("num_return_sequences", 1) > 1:
+                ignored.append("num_return_sequences (without beams; generate one call per sample instead)")
         if ignored:
             message = f"GenerationConfig fields not supported by decoders, ignored: {', '.join(ignored)}"
             if strict:
                 raise StrategyError(message)
             warnings.warn(message, UserWarning, stacklevel=2)
         return cls.model_validate(
-            {"name": "generation_config", "processors": processors, "selector": {"kind": "sample" if do_sample else "greedy"}}
-        )
+            {"name": "generation_config", "processors": processors, "selector": {"kind": "sample" if do_sample else "greedy"},
+             "search": search}
+        )  # fmt: skip

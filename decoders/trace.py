@@ -70,6 +70,37 @@ class StepRecord(BaseModel):
     chosen: TokenProb
 
 
+class BeamRecord(BaseModel):
+    """One hypothesis of a beam search at one step.
+
+    Args:
+        token_ids: the tokens generated so far on this beam.
+        text: their text.
+        score: the running beam's cumulative processed log-probability, or a finished hypothesis's final
+            score (divided by ``length ** length_penalty``).
+    """
+
+    token_ids: list[int]
+    text: str
+    score: float
+
+
+class BeamStepRecord(BaseModel):
+    """The beams of one prompt after one beam-search step.
+
+    Args:
+        step: index of the generated token (0 for the first new token).
+        row: the prompt's index.
+        beams: the beams that continue, best first.
+        finished: the best finished hypotheses so far, best first.
+    """
+
+    step: int
+    row: int
+    beams: list[BeamRecord]
+    finished: list[BeamRecord]
+
+
 def _dense_view(scores: Scores) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The values ``[B, n]`` and, for a candidate set, the token ids of their columns."""
     if isinstance(scores, Candidates):

@@ -26,8 +26,13 @@ def test_generate_benchmark_runs(tmp_path, tiny_gpt2_dir):
          "--output", str(output)],
         check=True, capture_output=True,
     )  # fmt: skip
-    results = json.loads(output.read_text())["results"]
+    report = json.loads(output.read_text())
+    results = report["results"]
     assert {(r["impl"], r["strategy"]) for r in results} == {
         (impl, strategy) for impl in ("decoders", "transformers") for strategy in ("greedy", "balanced")
     }
     assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 4 for r in results)
+    ours, theirs = report["beam"]
+    assert (ours["impl"], theirs["impl"], ours["strategy"]) == ("decoders", "transformers", "beam4")
+    assert ours["identical_to_transformers"] is True
+    assert report["logprobs"][1]["same_tokens"] is True

@@ -30,16 +30,16 @@ def run_json(capsys, *args: str):
 
 def test_generate_json_matches_the_python_api(capsys, tiny_model_dir):
     data = run_json(capsys, "generate", "The quick brown", "--model", str(tiny_model_dir), "--max-new-tokens", "6")
-    assert set(data) >= {"text", "generated_ids", "prompt_ids", "finish_reason"}
+    [result] = data["results"]  # one shape for one prompt or several
+    assert set(result) >= {"text", "generated_ids", "prompt_ids", "finish_reason", "score", "alternatives"}
     expected = decoders.generate("The quick brown", model=decoders.load_model(tiny_model_dir), max_new_tokens=6)
-    assert data["generated_ids"] == expected.generated_ids and data["text"] == expected.text
-    assert data["prompt_ids"] == expected.prompt_ids
+    assert result == expected[0].model_dump(mode="json", exclude_none=True)
 
 
 def test_generate_flags_build_a_seeded_sampling_chain(capsys, tiny_gpt2_dir):
     args = ("generate", "Once upon", "--model", str(tiny_gpt2_dir), "--temperature", "1.5", "--top-k", "20", "--seed", "3")
     first, second = run_json(capsys, *args), run_json(capsys, *args)
-    assert first["generated_ids"] == second["generated_ids"]
+    assert first["results"][0]["generated_ids"] == second["results"][0]["generated_ids"]
     assert [p["kind"] for p in first["strategy"]["processors"]] == ["temperature", "top_k"]
     assert first["strategy"]["selector"]["kind"] == "sample"
 
@@ -75,6 +75,49 @@ def test_bad_input_gives_one_clear_line(capsys, tiny_gpt2_dir, args, message):
     code, out, err = run(capsys, *args)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_generate_with_beam_search_and_logprobs(capsys, tiny_gpt2_dir):
+    args = ("generate", "Once upon", "a", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "6")
+    data = run_json(capsys, *args, "--search", "beam", "--num-beams", "3", "--num-return-sequences", "2",
+                    "--length-penalty", "0.5", "--early-stopping", "never", "--logprobs", "2")  # fmt: skip
+    assert data["strategy"]["search"] == {"kind": "beam", "num_beams": 3, "length_penalty": 0.5, "early_stopping": "never",
+                                          "num_return_sequences": 2}  # fmt: skip
+    strategy = decoders.Strategy.model_validate(data["strategy"])
+    expected = decoders.generate(["Once upon", "a"], strategy, model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=6, logprobs=2)
+    assert data["results"] == [r.model_dump(mode="json", exclude_none=True) for r in expected]
+    assert [len(r["alternatives"]) for r in data["results"]] == [2, 2]
+    assert all(len(step["top"]) == 2 for step in data["results"][0]["logprobs"])
+    code, out, err = run(capsys, *args[:3], *args[4:], "--num-beams", "2", "--num-return-sequences", "2")  # no --search: beam
+    assert code == 0 and "#2 (" in out  # the second hypothesis, with its score; one prompt but no streaming
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--search", "beam", "--num-beams", "2", "--num-return-sequences", "3"), "num_return_sequences (3) must be ≤ num_beams (2)"),
+        (("--num-beams", "0"), "num_beams"),
+        (("--early-stopping", "sometimes"), "--early-stopping must be true, false or never"),
+        (("--search", "nope"), "'single', 'beam'"),
+        (("--logprobs", "-1"), "logprobs must be"),
+        (("--search", "beam", "--stream"), "cannot stream"),
+    ],
+)
+def test_bad_search_flags_give_one_clear_line(capsys, tiny_gpt2_dir, args, message):
+    code, _, err = run(capsys, "generate", "hi", "--model", str(tiny_gpt2_dir), *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_explain_shows_the_beams_at_each_step(capsys, tiny_gpt2_dir):
+    args = ("explain", "The quick", "--model", str(tiny_gpt2_dir), "--steps", "3", "--search", "beam", "--num-beams", "3")
+    data = run_json(capsys, *args)
+    assert [step["step"] for step in data["beam_steps"]] == [0, 1, 2]
+    for step in data["beam_steps"]:
+        scores = [beam["score"] for beam in step["beams"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert all(len(beam["token_ids"]) == step["step"] + 1 for beam in step["beams"])
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "running beams" in out and "result" in out
 
 
 def test_model_defaults_use_the_models_generation_config(capsys, tiny_gpt2_dir, tmp_path):
@@ -127,7 +170,7 @@ def test_explain_shows_the_walkthrough_and_draws_the_plot(capsys, tiny_gpt2_dir,
 def test_compare_gives_one_continuation_per_preset(capsys, tiny_gpt2_dir):
     data = run_json(capsys, "compare", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5", "--seed", "2")
     names = [r["strategy"] for r in data["results"]]
-    assert names == ["greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced"]
+    assert names == ["greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced", "beam_search"]
     greedy = decoders.generate("The quick", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=5)
     assert data["results"][0]["generated_ids"] == greedy.generated_ids
     code, out, _ = run(capsys, "compare", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
@@ -140,7 +183,7 @@ def test_the_console_script_runs(tiny_gpt2_dir):
         capture_output=True, text=True, env={**os.environ, "DECODERS_DISABLE_PLUGINS": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)["generated_ids"]) == 3
+    assert len(json.loads(result.stdout)["results"][0]["generated_ids"]) == 3
     bad = subprocess.run(["decoders", "generate", "The", "--model", "/no/such"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "/no/such" in bad.stderr
 

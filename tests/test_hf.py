@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
@@ -116,3 +118,39 @@ def test_repetition_penalty_skips_left_padding_like_transformers_generate(tiny):
         model, tokenizer, prompts, 6, do_sample=False, repetition_penalty=5.0, sequence_bias={(eos,): 2.0}
     )
     assert ours == theirs
+
+
+def test_chain_inside_beam_search_matches_transformers_own_processors(tiny):
+    """Beam search reorders rows between calls: the chain follows them instead of restarting, which would forget
+    how many tokens were generated and keep banning EOS. A frequent token is made an EOS id so that it matters."""
+    model, tokenizer = tiny
+    greedy = decoders.generate(PROMPTS, model=tiny, max_new_tokens=16)
+    frequent = Counter(t for r in greedy for t in r.generated_ids).most_common(1)[0][0]
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    options = dict(
+        do_sample=False, num_beams=4, num_return_sequences=2, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, frequent],
+    )  # fmt: skip
+    processor = strategy_to_logits_processor(
+        {"processors": [{"kind": "min_new_tokens", "min_new_tokens": 8}]}, eos_token_ids=(tokenizer.eos_token_id, frequent)
+    )
+    inside_hf = model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), **options)
+    transformers_own = model.generate(**inputs, min_new_tokens=8, **options)
+    assert inside_hf.tolist() == transformers_own.tolist()
+    assert (transformers_own[:, inputs["input_ids"].shape[1] + 8 :] == frequent).any()  # EOS came, after 8 tokens
+
+
+def test_stateful_chain_inside_beam_search_matches_decoders_own_beam_search(tiny):
+    """presence/frequency counts the generated tokens of each row's own history, which beams reorder."""
+    model, tokenizer = tiny
+    penalties = [{"kind": "presence_frequency", "presence_penalty": 0.8, "frequency_penalty": 0.6}]
+    processor = strategy_to_logits_processor({"processors": penalties})
+    inside_hf = hf_generate(
+        model, tokenizer, PROMPTS, 16, do_sample=False, num_beams=4, num_return_sequences=2,
+        logits_processor=LogitsProcessorList([processor]),
+    )  # fmt: skip
+    strategy = {"processors": penalties, "search": {"kind": "beam", "num_beams": 4, "num_return_sequences": 2}}
+    ours = decoders.generate(PROMPTS, strategy, model=tiny, max_new_tokens=16)
+    assert inside_hf == [h.generated_ids for r in ours for h in r.alternatives]
+    plain = decoders.generate(PROMPTS, {"search": strategy["search"]}, model=tiny, max_new_tokens=16)
+    assert [r.generated_ids for r in ours] != [r.generated_ids for r in plain]  # the penalty did change the beams

@@ -102,6 +102,13 @@ class DecodeContext:
     generators: list[torch.Generator] | None = field(default=None)
     padding: list[int] | None = None
 
+    def select_rows(self, rows: list[int]) -> None:
+        """Follow a change of rows: row i now continues old row ``rows[i]`` (per-row fields are reindexed)."""
+        if self.padding is not None:
+            self.padding = [self.padding[r] for r in rows]
+        if self.generators is not None:
+            self.generators = [self.generators[r] for r in rows]
+
     def text_ids(self, input_ids: torch.Tensor, filler: int) -> torch.Tensor:
         """``input_ids`` with each row's left padding replaced by ``filler`` (unchanged when unpadded)."""
         if not self.padding or not any(self.padding):
@@ -116,8 +123,13 @@ class Processor:
 
     Subclasses implement :meth:`process` (dense). They may also implement :meth:`process_candidates`
     (set ``supports_candidates = True``) and :meth:`to_candidates` (for truncations that can bound the
-    survivors without a full-vocabulary pass). Stateful processors override :meth:`reset` and
-    :meth:`accept`.
+    survivors without a full-vocabulary pass).
+
+    The state protocol: a processor that derives everything from ``input_ids`` (and its context) is
+    stateless and needs none of it. A processor with memory per row between steps (mirostat's μ, a grammar
+    matcher) is *stateful*: it overrides :meth:`accept` (which is how :attr:`stateful` recognises it), and
+    overrides :meth:`reorder` to follow searches that fork, reorder or drop rows (beam search). A search that
+    will call a protocol method refuses, when the chain is built, a stateful processor that lacks it.
     """
 
     #: the config ``kind`` this processor was built from (set by subclasses)
@@ -148,6 +160,20 @@ class Processor:
 
     def accept(self, tokens: torch.LongTensor) -> None:
         """Observe the tokens ``[B]`` just selected (for stateful processors). Default: nothing."""
+
+    def reorder(self, rows: torch.LongTensor) -> None:
+        """Follow a change of rows: row i of the next step continues old row ``rows[i]`` (rows may repeat or
+        go away). Called after :meth:`process` and before :meth:`accept` of the tokens the new rows got.
+        Stateless processors need nothing (the context's per-row fields are updated for them)."""
+
+    @property
+    def stateful(self) -> bool:
+        """Whether this processor keeps per-row memory between steps (it overrides :meth:`accept`)."""
+        return type(self).accept is not Processor.accept
+
+    def supports(self, method: str) -> bool:
+        """Whether the state protocol's ``method`` (``"reorder"``) is safe to call: implemented, or not needed."""
+        return not self.stateful or getattr(type(self), method) is not getattr(Processor, method)
 
     def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         return self.process(input_ids, logits)

@@ -197,6 +197,7 @@ class MirostatV2(_RowRule):
     picks, :meth:`accept` updates ``μ −= mirostat_eta · (s − mirostat_tau)`` with ``s`` the surprise of the
     chosen token under the truncated distribution renormalised (as llama.cpp's ``mirostat_v2``). A row whose
     chosen token was not among this processor's survivors (a finished row's padding) keeps its μ.
+    :meth:`reorder` follows searches that fork rows (beam search): each new row takes its parent's μ.
 
     Use it with the ``sample`` selector (llama.cpp's mirostat samples by itself).
 
@@ -240,6 +241,14 @@ class MirostatV2(_RowRule):
         out = values.masked_fill(~keep, NEG_INF)
         self._last = (None if ids is None else ids.clone(), log_probs(out, ids))
         return out
+
+    def reorder(self, rows):
+        """Row i continues old row ``rows[i]``: its μ, and the distribution its next accepted token is scored by."""
+        if self._mu is not None:
+            self._mu = self._mu.index_select(0, rows.to(self._mu.device))
+        if self._last is not None:
+            ids, lp = self._last
+            self._last = (None if ids is None else ids.index_select(0, rows.to(ids.device)), lp.index_select(0, rows.to(lp.device)))
 
     def accept(self, tokens):
         if self._last is None or self._mu is None:

@@ -103,8 +103,7 @@ def test_cli_generate_with_a_strategy_file(tiny_model_dir, tmp_path):
                "--max-new-tokens", "8", "--seed", "1", "--json"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     expected = decoders.generate("Once upon a time", strategy=path, model=str(tiny_model_dir), max_new_tokens=8, seed=1)
-    record = json.loads(result.stdout)
-    record = record[0] if isinstance(record, list) else record
+    [record] = json.loads(result.stdout)["results"]
     assert record["generated_ids"] == expected[0].generated_ids
 
 
@@ -175,3 +174,33 @@ def test_cli_reports_a_bad_parameter_in_one_line(tiny_model_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "xtc_threshold" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mirostat_follows_a_reorder_of_rows():
+    """Under beam search a row continues another row's history; mirostat's μ must go with it."""
+    from decoders_llamacpp import MirostatV2
+
+    mirostat = MirostatV2(3.0, 0.5)
+    mirostat.reset(decoders.DecodeContext(generators=[torch.Generator() for _ in range(2)]))
+    logits = torch.tensor([[4.0, 2.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    mirostat.process(None, logits)
+    mirostat.accept(torch.tensor([0, 3]))
+    before = mirostat.mu
+    assert before[0] != before[1]
+    mirostat.process(None, logits)
+    mirostat.reorder(torch.tensor([1, 1, 0]))
+    assert mirostat.mu.tolist() == [before[1], before[1], before[0]]
+    mirostat.accept(torch.tensor([0, 1, 0]))  # scored under each new row's parent distribution
+    assert mirostat.mu.shape == (3,)
+
+
+def test_stateful_kinds_run_under_beam_sampling(tiny_model):
+    strategy = {
+        "processors": [{"kind": "mirostat", "mirostat_tau": 3.0}, {"kind": "dry", "dry_multiplier": 0.8}],
+        "selector": {"kind": "sample"},
+        "search": {"kind": "beam", "num_beams": 3, "num_return_sequences": 2},
+    }
+    first = decoders.generate(["Once upon", "The"], strategy, model=tiny_model, max_new_tokens=8, seed=4)
+    again = decoders.generate(["Once upon", "The"], strategy, model=tiny_model, max_new_tokens=8, seed=4)
+    assert [[h.generated_ids for h in r.alternatives] for r in first] == [[h.generated_ids for h in r.alternatives] for r in again]
+    assert all(len(r.alternatives) == 2 for r in first)
