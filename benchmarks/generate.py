@@ -10,7 +10,7 @@ runs all N steps in both). Peak memory is the process's peak resident size while
 
 Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``growth`` (ms per token by length),
 ``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses) and ``logprobs``
-(the cost of ``logprobs=5`` on balanced sampling at batch 16).
+(the cost of ``logprobs=5`` on balanced sampling at batch 16, in alternating pairs within one process).
 """
 
 from __future__ import annotations
@@ -65,14 +65,11 @@ def worker(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, m
 
     loaded = decoders.load_model(model_name)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-    if impl.startswith("decoders"):
+    if impl == "decoders":
         chain = decoders.Strategy.from_generation_config(STRATEGIES[strategy])
-        logprobs = 5 if impl == "decoders+logprobs" else None
 
         def run(tokens: int) -> list[list[int]]:
-            results = decoders.generate(
-                prompts, chain, model=loaded, max_new_tokens=tokens, seed=0, ignore_eos=True, logprobs=logprobs
-            )
+            results = decoders.generate(prompts, chain, model=loaded, max_new_tokens=tokens, seed=0, ignore_eos=True)
             return [r.generated_ids for r in results]
     else:
         tokenizer = loaded.tokenizer
@@ -115,6 +112,7 @@ def measure(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "BATCH", "STRATEGY", "TOKENS", "REPEAT"), help=argparse.SUPPRESS)
+    parser.add_argument("--logprobs-worker", nargs=3, type=int, metavar=("BATCH", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -128,6 +126,9 @@ def main() -> None:
     if args.worker:
         impl, batch, strategy, tokens, repeat = args.worker
         print(json.dumps(worker(impl, int(batch), strategy, int(tokens), int(repeat), args.model)))
+        return
+    if args.logprobs_worker:
+        print(json.dumps(logprobs_worker(*args.logprobs_worker, args.model)))
         return
     if args.quick:
         args.batch, args.new_tokens, args.growth, args.repeat, args.beam_batch = [2], 4, [4, 8], 1, 2
@@ -209,17 +210,46 @@ def beam_section(args, console) -> list[dict]:
     return [{**_numbers(ours), "identical_to_transformers": identical}, _numbers(theirs)]
 
 
+def logprobs_worker(batch: int, new_tokens: int, pairs: int, model_name: str | None) -> dict:
+    """Balanced sampling with and without ``logprobs=5``, alternating in one process (so drift hits both alike)."""
+    import decoders
+
+    loaded = decoders.load_model(model_name)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    chain = decoders.Strategy.from_generation_config(STRATEGIES["balanced"])
+
+    def run(logprobs: int | None) -> tuple[float, list[list[int]]]:
+        start = time.perf_counter()
+        results = decoders.generate(
+            prompts, chain, model=loaded, max_new_tokens=new_tokens, seed=0, ignore_eos=True, logprobs=logprobs
+        )
+        return time.perf_counter() - start, [r.generated_ids for r in results]
+
+    run(None), run(5)  # warm up
+    off, on, same = [], [], True
+    for pair in range(pairs):
+        first, second = (None, 5) if pair % 2 == 0 else (5, None)
+        (t1, ids1), (t2, ids2) = run(first), run(second)
+        off.append(t1 if first is None else t2)
+        on.append(t2 if first is None else t1)
+        same &= ids1 == ids2
+    ratios = sorted(b / a - 1 for a, b in zip(off, on))
+    return {"batch": batch, "new_tokens": new_tokens, "pairs": pairs, "off_s": off, "on_s": on,
+            "overhead_median": statistics.median(ratios), "same_tokens": same}  # fmt: skip
+
+
 def logprobs_section(args, console) -> list[dict]:
-    """The cost of ``logprobs=5`` on balanced sampling at the largest batch: same tokens, time per step."""
+    """The cost of ``logprobs=5`` on balanced sampling at the largest batch: paired runs, same tokens."""
     batch = max(args.batch)
-    off = measure("decoders", batch, "balanced", args.new_tokens, args.repeat, args.model)
-    on = measure("decoders+logprobs", batch, "balanced", args.new_tokens, args.repeat, args.model)
-    overhead = on["ms_per_step"] / off["ms_per_step"] - 1
+    command = [sys.executable, __file__, "--logprobs-worker", str(batch), str(args.new_tokens), str(2 * args.repeat)]
+    if args.model:
+        command += ["--model", args.model]
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     console.print(
-        f"logprobs=5, balanced, batch {batch}: {off['ms_per_step']:.1f} → {on['ms_per_step']:.1f} ms per step "
-        f"({overhead:+.1%}), same tokens: {on['outputs'] == off['outputs']}"
+        f"logprobs=5, balanced, batch {batch}, {result['pairs']} alternating pairs: median overhead "
+        f"{result['overhead_median']:+.1%}, same tokens: {result['same_tokens']}"
     )
-    return [_numbers(off), {**_numbers(on), "overhead": overhead, "same_tokens": on["outputs"] == off["outputs"]}]
+    return [result]
 
 
 if __name__ == "__main__":

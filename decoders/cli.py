@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from decoders.errors import DecodersError
+from decoders.errors import DecodersError, validation_message
 from decoders.plugins import get_registry
 from decoders.strategy import PRESETS, Strategy, StrategyError
 
@@ -24,9 +25,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help: option names are never cut, and flags show no type
+    context_settings={"max_content_width": 120, "terminal_width": 120},
 )
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)  # one message, one line, whatever the width
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"decoders {version('decoders-lab')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def common(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Decoding strategies for causal language models, made explicit: generate, explain, compare."""
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
@@ -97,10 +118,29 @@ def with_search(chosen: Strategy, search: str | None, **flags: object) -> Strate
     return Strategy.model_validate({**data, "search": {**current, **given, "kind": search}})
 
 
-def flags_strategy(
-    strategy: str | None, model_defaults: bool, loaded, **flags: float | int | None
-) -> Strategy:
-    """The strategy named by --strategy, --model-defaults, or the parameter flags (one of the three)."""
+#: the processor flags of ``generate``: flag name → (processor kind, config field), in transformers' order
+PROCESSOR_FLAGS = {
+    "repetition_penalty": ("repetition_penalty", "repetition_penalty"),
+    "no_repeat_ngram_size": ("no_repeat_ngram", "no_repeat_ngram_size"),
+    "temperature": ("temperature", "temperature"),
+    "top_k": ("top_k", "top_k"),
+    "top_p": ("top_p", "top_p"),
+    "min_p": ("min_p", "min_p"),
+    "typical_p": ("typical_p", "typical_p"),
+}
+#: the flags that make a strategy sample (the penalties alone keep it greedy)
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def flags_strategy(strategy: str | None, model_defaults: bool, loaded, **flags: float | int | None) -> Strategy:
+    """The strategy named by --strategy, --model-defaults, or the parameter flags (one of the three).
+
+    Each flag becomes one processor, checked on its own, so a bad value is reported with the flag's name.
+    """
     given = {name: value for name, value in flags.items() if value is not None}
     chosen = [bool(strategy), model_defaults, bool(given)]
     if sum(chosen) > 1:
@@ -110,10 +150,21 @@ def flags_strategy(
         if config is None:
             raise StrategyError(f"model {loaded.name} ships no generation_config.json; pick a --strategy instead")
         return Strategy.from_generation_config(config)
-    if given:
-        sampling = {k: v for k, v in given.items() if k not in ("repetition_penalty", "no_repeat_ngram_size")}
-        return Strategy.from_generation_config({"do_sample": True, **given} if sampling else given, strict=True)
-    return Strategy.resolve(strategy)
+    if not given:
+        return Strategy.resolve(strategy)
+    registry = get_registry()
+    processors = []
+    for name, (kind, field) in PROCESSOR_FLAGS.items():
+        if name not in given:
+            continue
+        try:
+            processors.append(registry.processors[kind].config.model_validate({"kind": kind, field: given[name]}))
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            message = message.replace("leave the processor out", f"leave {_flag(name)} out")
+            raise StrategyError(f"{_flag(name)} {given[name]}: {message}") from None
+    sampling = any(name in given for name in SAMPLING_FLAGS)
+    return Strategy(processors=processors, selector={"kind": "sample" if sampling else "greedy"})
 
 
 @app.command()
@@ -147,35 +198,26 @@ def generate(
     """Generate a continuation of each prompt with a decoding strategy."""
     import decoders
 
-    loaded = load(model)
-    chosen = flags_strategy(
-        strategy, model_defaults, loaded, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        typical_p=typical_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    flags = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
-    chosen = with_search(
-        chosen, search, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+    search_flags = dict(
+        num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
         num_return_sequences=num_return_sequences,
     )  # fmt: skip
+    if not model_defaults:  # check the strategy before spending seconds on loading the model
+        chosen = with_search(flags_strategy(strategy, False, None, **flags), search, **search_flags)
+    loaded = load(model)
+    if model_defaults:
+        chosen = with_search(flags_strategy(strategy, True, loaded, **flags), search, **search_flags)
     options = dict(
         strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, logprobs=logprobs
     )
     if stream is None:
         stream = len(prompts) == 1 and not as_json and chosen.build_search().streams
-    if stream and not as_json:
-        results = None
-        if len(prompts) == 1:
-            console.print(f"[dim]{prompts[0]}[/]", end="", highlight=False)
-        for event in decoders.stream(prompts, **options):
-            if event.results is not None:
-                results = event.results
-                break
-            text = event.texts[0] if len(prompts) == 1 else "".join(event.texts)
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    else:
-        results = decoders.generate(prompts, **options)
     if as_json:
+        results = decoders.generate(prompts, **options)
         emit_json(
             {
                 "model": loaded.name,
@@ -184,12 +226,93 @@ def generate(
             }
         )
         return
-    if not stream:
-        for result in results:
-            console.print(f"[dim]{result.prompt}[/][bold]{result.text}[/]", highlight=False)
-            for rank, other in enumerate(result.alternatives[1:], 2):
-                console.print(f"[dim]#{rank} ({other.score:.3f}):[/] {other.text}", highlight=False)
-    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {results[0].finish_reason}[/]", highlight=False)
+    if stream:
+        results = stream_texts(prompts, decoders.stream(prompts, **options), chat)  # validated before printing
+    else:
+        results = decoders.generate(prompts, **options)
+        print_texts(results, chat)
+    reasons = ", ".join(sorted({r.finish_reason for r in results}))
+    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {reasons}[/]", highlight=False)
+
+
+#: the line between two prompts' texts when standard output is not a terminal
+ROW_SEPARATOR = "---"
+
+
+def print_texts(results, chat: bool) -> None:
+    """Each prompt's text: on a terminal with its prompt and any alternatives; piped, the generated text only."""
+    if not console.is_terminal:
+        sys.stdout.write(f"\n{ROW_SEPARATOR}\n".join(r.text for r in results) + "\n")
+        return
+    for index, result in enumerate(results):
+        if index:
+            console.print()
+        console.print(f"[dim]{escape(result.prompt)}[/]" + ("\n" if chat else ""), end="", highlight=False)
+        console.print(result.text, style="bold", highlight=False, markup=False)
+        for rank, other in enumerate(result.alternatives[1:], 2):
+            console.print(f"[dim]#{rank} (score {other.score:.3f}):[/] ", end="", highlight=False)
+            console.print(other.text, highlight=False, markup=False)
+
+
+def stream_texts(prompts: list[str], events, chat: bool):
+    """Show text as it comes and return the results.
+
+    One prompt: its text as it comes (after the dimmed prompt on a terminal). Several prompts: on a terminal,
+    one live line per prompt; piped, the rows in order — the first as it comes, each next one from where it
+    got to once the previous one has ended — separated by :data:`ROW_SEPARATOR` lines.
+    """
+    terminal = console.is_terminal
+    if len(prompts) > 1 and terminal:
+        return _stream_live(prompts, events)
+    if terminal:
+        console.print(f"[dim]{escape(prompts[0])}[/]" + ("\n" if chat else ""), end="", highlight=False)
+    pending = [""] * len(prompts)
+    current = 0
+    for event in events:
+        if event.results is not None:
+            for row in range(current, len(prompts)):
+                sys.stdout.write(("" if row == current else f"\n{ROW_SEPARATOR}\n") + pending[row])
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            return event.results
+        for row, text in enumerate(event.texts):
+            pending[row] += text
+        while True:
+            sys.stdout.write(pending[current])
+            pending[current] = ""
+            if current + 1 < len(prompts) and event.finished[current]:
+                current += 1
+                sys.stdout.write(f"\n{ROW_SEPARATOR}\n")
+                continue
+            break
+        sys.stdout.flush()
+    raise AssertionError("the stream ended without its results")
+
+
+def _stream_live(prompts: list[str], events):
+    from rich.live import Live
+    from rich.text import Text
+
+    texts = [""] * len(prompts)
+
+    def view(finished):
+        table = Table.grid(padding=(0, 1))
+        table.add_column(justify="right", style="dim")
+        table.add_column()
+        for row, (prompt, text) in enumerate(zip(prompts, texts)):
+            line = Text(prompt, style="dim")
+            line.append(text, style="bold" if finished[row] else "")
+            table.add_row(f"{row + 1}.", line)
+        return table
+
+    with Live(view([False] * len(prompts)), console=console, auto_refresh=False) as live:
+        for event in events:
+            if event.results is not None:
+                return event.results
+            for row, text in enumerate(event.texts):
+                texts[row] += text
+            live.update(view(event.finished), refresh=True)
+    raise AssertionError("the stream ended without its results")
 
 
 def token_table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
@@ -201,6 +324,15 @@ def token_table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Tabl
     for row in rows:
         table.add_row(*[str(cell) for cell in row])
     return table
+
+
+#: what the byte-level BPE spellings of step 2 mean, for learners
+SPELLING_NOTE = (
+    "'token' is the tokenizer's own spelling: byte-level BPE writes every byte as one printable character, so "
+    "'Ġ' is a space, 'Ċ' a newline, and a letter outside ASCII shows as two or three odd characters (its UTF-8 "
+    "bytes, e.g. 'Ø§' for the Arabic ا). 'text' is what the token decodes to; a token holding part of a "
+    "character decodes to '�' until the rest of its bytes come."
+)
 
 
 def candidates_json(candidates) -> list[dict]:
@@ -256,6 +388,7 @@ def explain(
                 "model": loaded.name,
                 "prompt": prompt,
                 "tokens": walk.tokens,
+                "token_texts": [decode(i) for i in walk.input_ids[0].tolist()],
                 "input_ids": walk.input_ids[0].tolist(),
                 "input_shape": list(walk.input_ids.shape),
                 "logits_shape": list(walk.logits.shape),
@@ -281,8 +414,10 @@ def explain(
         show = console.print
         show(f"[bold]1. Input text[/]\n  {walk.text!r}", highlight=False)
         show(token_table(f"2. Tokenization: {len(walk.tokens)} tokens, as the tokenizer spells them → 3. their ids",
-                         [(n, repr(t), i) for n, (t, i) in enumerate(zip(walk.tokens, walk.input_ids[0].tolist()), 1)],
-                         ("#", "token", "id")))  # fmt: skip
+                         [(n, repr(t), repr(decode(i)), i)
+                          for n, (t, i) in enumerate(zip(walk.tokens, walk.input_ids[0].tolist()), 1)],
+                         ("#", "token", "text", "id")))  # fmt: skip
+        show(f"[dim]{SPELLING_NOTE}[/]", highlight=False)
         show(f"\n[bold]4. Model[/]: input ids {list(walk.input_ids.shape)} (batch, tokens) → logits "
              f"{list(walk.logits.shape)} (batch, tokens, vocabulary): one score per vocabulary token at every position;"
              " the last position predicts the next token.\n", highlight=False)  # fmt: skip
@@ -315,8 +450,8 @@ def explain(
     if plot:
         from decoders.plotting import plot_stages
 
-        plot_stages(result.steps[0] if result.steps else None, plot, title=f"{loaded.name}: {chosen.describe()}")
-        error_console.print(f"wrote {plot}")
+        written = plot_stages(result.steps or [], plot, title=f"{loaded.name}: {chosen.describe()}")
+        error_console.print(f"wrote {written} ({len(result.steps or [])} steps, one row each)")
 
 
 @app.command()
@@ -368,8 +503,6 @@ def plugins(as_json: JsonOption = False) -> None:
     for row in rows:
         table.add_row(row["kind"], row["role"], row["plugin"], row["description"])
     console.print(table)
-    for problem in registry.problems:
-        error_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
 
 
 @app.command()
@@ -389,12 +522,26 @@ def schema(
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``decoders`` console script: clear one-line errors for expected failures.
 
+    Plugin problems (a plugin that failed to load, or clashed) are printed once, as a warning line each.
+
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
     """
+    import warnings
+
+    from decoders.plugins import PluginWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        registry = get_registry()
+    for problem in registry.problems:
+        error_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
     try:
         app(args=argv, prog_name="decoders")
     except (DecodersError, ValidationError) as exc:
-        label = "invalid strategy" if isinstance(exc, ValidationError) else "error"
-        error_console.print(f"[bold red]{label}:[/] {exc}", highlight=False)
+        if isinstance(exc, ValidationError):
+            label, message = "invalid strategy", validation_message(exc)
+        else:
+            label, message = "error", str(exc)
+        error_console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False)
         raise SystemExit(2) from None

@@ -12,6 +12,7 @@ transformers or not.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,31 @@ def _resolve_model(model: Any) -> Any:
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(prompts, bytes | bytearray):
+        raise GenerationError("the prompt is bytes, not text: decode it first, e.g. prompt.decode('utf-8')")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, Sequence):
+        prompts = list(prompts)
+    else:
+        raise GenerationError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if not prompts:
         raise GenerationError("no prompts given: pass a string or a non-empty list of strings")
     for index, prompt in enumerate(prompts):
         label = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+        if isinstance(prompt, bytes | bytearray):
+            raise GenerationError(f"{label} is bytes, not text: decode it first, e.g. prompt.decode('utf-8')")
         if not isinstance(prompt, str):
             raise GenerationError(f"{label} is a {type(prompt).__name__}, not a string: pass text")
         if not prompt:
             raise GenerationError(f"{label} is empty: give at least one character of text (whitespace counts)")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise GenerationError(
+                f"{label} is not valid text: character {exc.start} is an undecodable byte "
+                f"({prompt[exc.start]!r}); give UTF-8 text (check the terminal's or the file's encoding)"
+            ) from None
     return prompts
 
 
@@ -91,15 +108,42 @@ def _as_stops(stop: str | Sequence[str] | None) -> list[str]:
     return stops
 
 
+#: the seeds a torch.Generator takes
+SEED_RANGE = (0, 2**64 - 1)
+
+
+def _as_seed(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise GenerationError(f"{what} must be a whole number, got {value!r}")
+    try:
+        seed = operator.index(value)
+    except TypeError:
+        raise GenerationError(f"{what} must be a whole number, got {value!r} ({type(value).__name__})") from None
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise GenerationError(f"{what} must be from {low} to 2**64 - 1 = {high}, got {seed}")
+    return seed
+
+
 def _generators(seed: int | Sequence[int] | None, rows: int) -> list[torch.Generator] | None:
     if seed is None:
         return None
-    seeds = list(seed) if isinstance(seed, Sequence) else [int(seed) + row for row in range(rows)]
-    if len(seeds) != rows:
-        raise GenerationError(
-            f"got {len(seeds)} seeds for {rows} prompts: pass one seed per prompt, or one int (row i then uses seed + i)"
-        )
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if isinstance(seed, str | bytes):
+        raise GenerationError(f"seed must be a whole number or a list of them, got {seed!r}")
+    if isinstance(seed, Sequence):
+        seeds = [_as_seed(s, f"seed {i}") for i, s in enumerate(seed)]
+        if len(seeds) != rows:
+            raise GenerationError(
+                f"got {len(seeds)} seeds for {rows} prompts: pass one seed per prompt, or one int (row i then uses seed + i)"
+            )
+    else:
+        first = _as_seed(seed, "seed")
+        if first + rows - 1 > SEED_RANGE[1]:
+            raise GenerationError(
+                f"seed {first} + {rows - 1} (row i uses seed + i) is past 2**64 - 1: use a smaller seed or one seed per prompt"
+            )
+        seeds = [first + row for row in range(rows)]
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
@@ -177,10 +221,14 @@ class _Generation:
             if not ids:
                 raise GenerationError(f"{label} gave no tokens: give text the tokenizer can encode")
             if context is not None and len(ids) + self.max_new_tokens > context:
+                over = len(ids) + self.max_new_tokens - context
+                if len(ids) >= context:
+                    advice = f"the prompt alone fills the context: shorten it by at least {over} tokens"
+                else:
+                    advice = f"shorten the prompt by at least {over} tokens, or lower max_new_tokens to {context - len(ids)}"
                 raise GenerationError(
                     f"{label} has {len(ids)} token{'s' if len(ids) != 1 else ''} and max_new_tokens is {self.max_new_tokens}: "
-                    f"{len(ids) + self.max_new_tokens} > the model's context length of {context} tokens; "
-                    f"shorten the prompt or lower max_new_tokens to {max(context - len(ids), 0)}"
+                    f"{len(ids) + self.max_new_tokens} > the model's context length of {context} tokens; {advice}"
                 )
 
     def events(self) -> Iterator[StepEvent]:

@@ -23,3 +23,13 @@ class GenerationError(DecodersError, ValueError):
 
 class StrategyError(DecodersError, ValueError):
     """A strategy could not be found, read, converted, or built (e.g. a processor that a search cannot follow)."""
+
+
+def validation_message(error: Exception) -> str:
+    """A pydantic ``ValidationError`` as one ``field.path: message`` line per problem (no documentation links)."""
+    lines = []
+    for problem in getattr(error, "errors", lambda: [])():
+        path = ".".join(str(part) for part in problem.get("loc", ()))
+        message = problem.get("msg", "").removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "\n".join(lines) or str(error)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from decoders import builtins as b
 from decoders.chain import Chain
 from decoders.config import ProcessorConfig, SearchConfig, SelectorConfig
-from decoders.errors import StrategyError
+from decoders.errors import StrategyError, validation_message
 from decoders.plugins import _discriminated, get_registry
 from decoders.searches import Search, SingleConfig
 
@@ -157,19 +157,35 @@ class Strategy(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Strategy:
-        """Read a strategy from a ``.json`` or ``.toml`` file."""
+        """Read a strategy from a ``.json`` or ``.toml`` file (UTF-8, a byte-order mark is allowed)."""
         path = Path(path)
+        if path.is_dir():
+            raise StrategyError(f"strategy file '{path}' is a folder: give the path of a .json or .toml file")
         if not path.is_file():
             raise StrategyError(f"strategy file '{path}' does not exist")
-        text = path.read_text(encoding="utf-8")
         try:
-            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise StrategyError(
+                f"strategy file '{path}' is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}): "
+                "save it as UTF-8"
+            ) from None
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        try:
+            data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise StrategyError(f"strategy file '{path}' is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+            raise StrategyError(f"strategy file '{path}' is not valid {kind}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StrategyError(f"strategy file '{path}' holds a {type(data).__name__}, not a {kind} object with processors")
+        if not data:
+            raise StrategyError(
+                f"strategy file '{path}' is empty: give at least one of processors, selector or search "
+                "(for plain greedy decoding use the preset 'greedy')"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise StrategyError(f"strategy file '{path}' is not a valid strategy:\n{exc}") from exc
+            raise StrategyError(f"strategy file '{path}' is not a valid strategy:\n{validation_message(exc)}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write this strategy as ``.json`` or ``.toml`` (by the file's suffix)."""
@@ -187,7 +203,7 @@ class Strategy(BaseModel):
             return spec
         if isinstance(spec, dict):
             return cls.model_validate(spec)
-        if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")):
+        if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")) or Path(spec).exists():
             return cls.load(spec)
         if spec in PRESETS:
             return cls.from_preset(spec)

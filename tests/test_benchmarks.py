@@ -35,4 +35,5 @@ def test_generate_benchmark_runs(tmp_path, tiny_gpt2_dir):
     ours, theirs = report["beam"]
     assert (ours["impl"], theirs["impl"], ours["strategy"]) == ("decoders", "transformers", "beam4")
     assert ours["identical_to_transformers"] is True
-    assert report["logprobs"][1]["same_tokens"] is True
+    [logprobs] = report["logprobs"]
+    assert logprobs["same_tokens"] is True and len(logprobs["on_s"]) == len(logprobs["off_s"]) == 2

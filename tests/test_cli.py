@@ -1,5 +1,6 @@
 """The command line, used as a person would: through ``decoders`` (in-process ``main`` and the real entry point)."""
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -51,11 +52,11 @@ def test_generate_batch_and_strategy_file(capsys, tiny_gpt2_dir, tmp_path):
     assert [r["prompt"] for r in data["results"]] == ["a", "The"]
 
 
-def test_generate_streams_text_to_the_terminal(capsys, tiny_gpt2_dir):
+def test_generate_streams_and_reports_on_stderr(capsys, tiny_gpt2_dir):
     code, out, err = run(capsys, "generate", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
     expected = decoders.generate("The quick", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=5).text
-    assert code == 0 and out.startswith("The quick") and expected in out
-    assert "greedy" in err
+    assert code == 0 and out == expected + "\n"  # piped: the generated text only
+    assert "greedy" in err and "length" in err
 
 
 @pytest.mark.parametrize(
@@ -88,8 +89,9 @@ def test_generate_with_beam_search_and_logprobs(capsys, tiny_gpt2_dir):
     assert data["results"] == [r.model_dump(mode="json", exclude_none=True) for r in expected]
     assert [len(r["alternatives"]) for r in data["results"]] == [2, 2]
     assert all(len(step["top"]) == 2 for step in data["results"][0]["logprobs"])
-    code, out, err = run(capsys, *args[:3], *args[4:], "--num-beams", "2", "--num-return-sequences", "2")  # no --search: beam
-    assert code == 0 and "#2 (" in out  # the second hypothesis, with its score; one prompt but no streaming
+    code, out, _ = run(capsys, *args[:2], *args[3:], "--num-beams", "2", "--num-return-sequences", "2")  # --search implied
+    best = decoders.generate("Once upon", {"search": {"kind": "beam", "num_beams": 2}}, model=str(tiny_gpt2_dir), max_new_tokens=6)
+    assert code == 0 and out == best.text + "\n"  # piped: the best text only (one prompt, not streamed)
 
 
 @pytest.mark.parametrize(
@@ -199,3 +201,121 @@ def test_explain_on_the_embedded_model():
     assert any("Ø" in token for token in data["tokens"])  # byte-level pieces of the Arabic text
     assert data["logits_shape"] == [1, len(data["tokens"]), 49152]
     assert len(data["steps"]) == 2
+
+
+# ---- what users met: out-of-range flags, piped text, streaming, odd input ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--top-k", "0"), ("--top-p", "1.5"), ("--typical-p", "1.5"), ("--no-repeat-ngram-size", "-1")]
+)
+def test_out_of_range_flags_are_refused_by_their_own_name_before_the_model_loads(capsys, flag, value):
+    code, out, err = run(capsys, "generate", "Hello", flag, value, "--model", "/no/such/folder")
+    assert code == 2 and out == ""
+    assert f"{flag} {value}" in err and "/no/such/folder" not in err  # the flag is checked first
+    assert "processors.0" not in err and "pydantic" not in err and "Traceback" not in err
+
+
+def test_piped_output_is_exactly_the_generated_text_rows_separated(capsys, tiny_gpt2_dir):
+    prompts = ["Once upon", "The quick"]
+    expected = decoders.generate(prompts, model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=6)
+    plain = "\n---\n".join(r.text for r in expected) + "\n"
+    for mode in ("--no-stream", "--stream"):
+        code, out, _ = run(capsys, "generate", *prompts, "--model", str(tiny_gpt2_dir), "--max-new-tokens", "6", mode)
+        assert code == 0 and out == plain
+    code, out, _ = run(capsys, "generate", prompts[0], "--model", str(tiny_gpt2_dir), "--max-new-tokens", "6")
+    assert code == 0 and out == expected[0].text + "\n"  # streamed, without the prompt
+
+
+def test_on_a_terminal_the_prompt_is_shown_and_a_chat_reply_starts_on_its_own_line(capsys, tiny_gpt2_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    import decoders.cli
+
+    folder = shutil.copytree(tiny_gpt2_dir, tmp_path / "chat")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setattr(decoders.cli, "console", Console(force_terminal=True, width=200, color_system=None))
+    for chat in ([], ["--chat"]):
+        code, out, _ = run(capsys, "generate", "Hi [bold]there", "--model", str(folder), "--max-new-tokens", "4", *chat)
+        assert code == 0 and out.startswith("Hi [bold]there" + ("\n" if chat else ""))  # markup in a prompt is text
+    beams = ("--num-beams", "3", "--num-return-sequences", "2")
+    code, out, _ = run(capsys, "generate", "Hi", "--model", str(folder), "--max-new-tokens", "4", *beams)
+    assert code == 0 and "#2 (score " in out  # on a terminal, the other hypotheses with their scores
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--seed", "18446744073709551616"), "seed must be from 0 to 2**64 - 1"),
+        (("--seed", "-1"), "seed must be from 0"),
+        (("hi", "--seed", "18446744073709551615"), "is past 2**64 - 1"),  # two prompts: row 1 would overflow
+    ],
+)
+def test_seeds_outside_the_generators_range_are_one_line(capsys, tiny_gpt2_dir, args, message):
+    code, _, err = run(capsys, "generate", "Hello", *args, "--model", str(tiny_gpt2_dir), "--max-new-tokens", "2")
+    assert code == 2 and message in err and "Traceback" not in err
+    code, _, _ = run(capsys, "generate", "Hi", "--seed", "18446744073709551615", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "2")
+    assert code == 0  # the largest seed is a seed
+
+
+def test_an_undecodable_prompt_is_one_line(tiny_gpt2_dir):
+    result = subprocess.run(
+        [b"decoders", b"generate", b"caf\xe9", b"--model", str(tiny_gpt2_dir).encode(), b"--max-new-tokens", b"2"],
+        capture_output=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and b"not valid text" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_strategy_files_in_other_encodings_folders_and_empty_files(capsys, tiny_gpt2_dir, tmp_path):
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'[[processors]]\nkind = "top_k"\ntop_k = 3\n')
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "café"\n'.encode("latin-1"))
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    model = ("--model", str(tiny_gpt2_dir), "--max-new-tokens", "2")
+    assert run(capsys, "generate", "hi", "--strategy", str(bom), *model)[0] == 0
+    for path, message in ((latin, "is not UTF-8 text"), (empty, "is empty"), (tmp_path, "is a folder")):
+        code, _, err = run(capsys, "generate", "hi", "--strategy", str(path), *model)
+        assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_anything_is_printed(capsys, tiny_gpt2_dir):
+    code, out, err = run(capsys, "generate", "Once " * 200, "--model", str(tiny_gpt2_dir), "--stream")
+    assert code == 2 and out == ""
+    assert "the prompt alone fills the context: shorten it by at least" in err
+
+
+def test_plot_paths_and_every_step(capsys, tiny_gpt2_dir, tmp_path):
+    import struct
+
+    def height(path):
+        return struct.unpack(">I", path.read_bytes()[20:24])[0]  # PNG IHDR
+
+    args = ("explain", "The quick", "--model", str(tiny_gpt2_dir))
+    code, _, err = run(capsys, *args, "--steps", "1", "--plot", str(tmp_path / "one"))
+    assert code == 0 and f"wrote {tmp_path / 'one.png'}" in err
+    code, _, err = run(capsys, *args, "--steps", "3", "--plot", str(tmp_path / "three.png"))
+    assert code == 0 and "3 steps" in err
+    assert height(tmp_path / "three.png") > 2.5 * height(tmp_path / "one.png")  # one row of panels per step
+    code, _, err = run(capsys, *args, "--plot", str(tmp_path))
+    assert code == 2 and "is a folder" in err
+
+
+def test_explain_shows_each_tokens_text_beside_its_spelling(capsys, tiny_gpt2_dir):
+    data = run_json(capsys, "explain", "The quick brown", "--model", str(tiny_gpt2_dir), "--steps", "1")
+    assert "".join(data["token_texts"]) == "The quick brown" and len(data["token_texts"]) == len(data["tokens"])
+    code, out, _ = run(capsys, "explain", "The quick brown", "--model", str(tiny_gpt2_dir), "--steps", "1")
+    assert code == 0 and "'Ġ' is a" in out and "│ 'Ġqu' │ ' qu' │" in out  # spelling, then text
+
+
+def test_version_and_help(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"decoders {importlib.metadata.version('decoders-lab')}"
+    code, out, _ = run(capsys, "generate", "--help")
+    assert code == 0 and "--no-repeat-ngram-size" in out and "<bool>" not in out and "…" not in out

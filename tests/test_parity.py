@@ -1,4 +1,4 @@
-"""Parity with transformers' own logits processors, which are the oracle (see SEMANTICS.md).
+"""Parity with transformers' own logits processors, which are the oracle (see docs/semantics.md).
 
 Every case builds our side through the public API (``Strategy.model_validate(...).build()`` then
 ``chain.process``), with the candidate-set fast path on and off, and also calls the processor object

@@ -89,6 +89,11 @@ def test_cli_lists_plugin_kinds_with_their_plugin(installed_plugin):
     assert by_kind["test_lowest"]["role"] == "selector"
     assert by_kind["temperature"]["plugin"] == "decoders (built-in)"
     assert any("test_broken" in p for p in listing["problems"])
+    for command in (["plugins"], ["schema"]):  # every command reports each problem once, as one clean line
+        result = subprocess.run(["decoders", *command], capture_output=True, text=True, env=env, check=True)
+        problems = [line for line in result.stderr.splitlines() if "test_broken" in line]
+        assert len(problems) == 1 and problems[0].startswith("warning: plugin 'test_broken'")
+        assert "warnings.warn" not in result.stderr and "PluginWarning" not in result.stderr
 
 
 def test_plugin_registered_in_code_and_a_non_config_registration_is_reported():
@@ -116,3 +121,33 @@ def test_schema_command_writes_valid_json(tmp_path):
     kinds = json.dumps(schema)
     for kind in ("temperature", "top_k", "top_p", "min_p", "typical_p", "greedy", "sample"):
         assert f'"{kind}"' in kinds
+
+
+def test_the_search_example_of_the_plugin_guide_runs(tiny_gpt2_dir):
+    """plugins/README.md's search example, executed as written, registered and run like any plugin."""
+    guide = (Path(__file__).parent.parent / "plugins" / "README.md").read_text()
+    example = next(block for block in guide.split("```python\n") if "class FirstSampled" in block).split("```")[0]
+    namespace: dict = {}
+    exec(compile(example, "plugins/README.md", "exec"), namespace)
+
+    class Plugin:
+        @decoders.hookimpl
+        def decoders_register_searches(self, register):
+            register(namespace["FirstSampledConfig"])
+
+    decoders.register_plugin(Plugin(), "first-sampled-example")
+    try:
+        assert decoders.get_registry().searches["first_sampled"].plugin == "first-sampled-example"
+        model = decoders.load_model(tiny_gpt2_dir)
+        prompts = ["Once upon a time", "The"]
+        sampled = {"search": {"kind": "first_sampled"}}
+        runs = [decoders.generate(prompts, sampled, model=model, max_new_tokens=8, seed=s) for s in range(4)]
+        assert runs[0] == decoders.generate(prompts, sampled, model=model, max_new_tokens=8, seed=0)
+        assert len({r[0].generated_ids[0] for r in runs}) > 1  # the first token is drawn
+        top_1 = {**sampled, "processors": [{"kind": "top_k", "top_k": 1}]}  # nothing left to draw: greedy
+        greedy = decoders.generate(prompts, model=model, max_new_tokens=8)
+        assert [r.generated_ids for r in decoders.generate(prompts, top_1, model=model, max_new_tokens=8, seed=0)] == [
+            r.generated_ids for r in greedy
+        ]
+    finally:
+        decoders.unregister_plugin("first-sampled-example")

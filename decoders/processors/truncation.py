@@ -1,7 +1,7 @@
 """Temperature and the truncation samplers: top-k, top-p, min-p, typical, epsilon, eta, top-nσ.
 
 Each dense rule gives the same scores as the transformers warper of the same name (llama.cpp's rule for
-top-nσ); see SEMANTICS.md. Every rule here depends only on the finite values of a row, so each also runs
+top-nσ); see docs/semantics.md. Every rule here depends only on the finite values of a row, so each also runs
 unchanged on a candidate set.
 """
 

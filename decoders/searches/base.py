@@ -157,11 +157,18 @@ class LogprobBuffer:
         self.processed = torch.zeros((rows, steps, 1 + n), dtype=torch.float32, device=device)
 
     @staticmethod
-    def measure(raw_log_probs: torch.Tensor, scores: Scores, tokens: torch.LongTensor, n: int):
-        """``(ids, raw, processed)``, each ``[R, 1 + n]``: the chosen tokens and the top ``n`` raw alternatives."""
-        top = torch.topk(raw_log_probs, n, dim=-1).indices if n else tokens.new_zeros((tokens.shape[0], 0))
+    def measure(logits: torch.Tensor, scores: Scores, tokens: torch.LongTensor, n: int, *, normalised: bool = False):
+        """``(ids, raw, processed)``, each ``[R, 1 + n]``: the chosen tokens and the top ``n`` raw alternatives.
+
+        ``logits`` are the model's (``normalised``: already log-probabilities); only the ``1 + n`` entries per
+        row are normalised, no full-vocabulary tensor is made.
+        """
+        top = torch.topk(logits, n, dim=-1).indices if n else tokens.new_zeros((tokens.shape[0], 0))
         ids = torch.cat([tokens.unsqueeze(-1), top], dim=-1)
-        return ids, raw_log_probs.gather(1, ids), processed_log_probs(scores, ids)
+        raw = logits.gather(1, ids)
+        if not normalised:
+            raw = raw - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return ids, raw, processed_log_probs(scores, ids)
 
     def write(self, step: int, ids: torch.Tensor, raw: torch.Tensor, processed: torch.Tensor) -> None:
         self.ids[:, step], self.raw[:, step], self.processed[:, step] = ids, raw, processed

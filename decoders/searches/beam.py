@@ -148,7 +148,7 @@ class BeamSearch(Search):
             rows, new_tokens = parents.gather(1, order).flatten(), tokens.gather(1, order).flatten()
             if buffer is not None:
                 buffer.select(rows)
-                buffer.write(step, *LogprobBuffer.measure(log_probs[rows], processed[rows], new_tokens, buffer.n))
+                buffer.write(step, *LogprobBuffer.measure(log_probs[rows], processed[rows], new_tokens, buffer.n, normalised=True))
             session.select(rows)
             chain.reorder(rows)
             session.append(new_tokens)
@@ -206,7 +206,7 @@ class BeamSearch(Search):
             logprobs = None
             if buffer is not None:
                 measured = LogprobBuffer.measure(
-                    log_probs[row : row + 1], processed[row : row + 1], tokens[i, j : j + 1], buffer.n
+                    log_probs[row : row + 1], processed[row : row + 1], tokens[i, j : j + 1], buffer.n, normalised=True
                 )
                 logprobs = buffer.records(row, length - 1, job) + [
                     step_logprobs(*(t[0].tolist() for t in measured), job)

@@ -60,7 +60,7 @@ class SingleSearch(Search):
             chosen_log_probs = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1)
             scores_sum += chosen_log_probs.double().masked_fill(finished_mask, 0.0)
             if logprobs is not None:
-                logprobs.write(step, *LogprobBuffer.measure(logits.log_softmax(dim=-1), scores, tokens, logprobs.n))
+                logprobs.write(step, *LogprobBuffer.measure(logits, scores, tokens, logprobs.n))
 
             active = [row for row, done in enumerate(finished) if not done]
             step_trace: list[StepRecord | None] | None = None
