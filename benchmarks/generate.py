@@ -6,10 +6,12 @@ runs all N steps in both). Peak memory is the process's peak resident size while
 
     python benchmarks/generate.py                  # every section below
     python benchmarks/generate.py --sections beam logprobs   # some of them (the others keep their last results)
-    python benchmarks/generate.py --quick          # a smoke run on a tiny model folder (see --model)
+    python benchmarks/generate.py --quick          # a smoke run on a tiny model folder (see --model), in one process
 
 Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``growth`` (ms per token by length),
-``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses) and ``logprobs``
+``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses), ``contrastive``
+(contrastive search, α 0.6 and k 4, against greedy decoding, both decoders': transformers 5 ships contrastive search
+only as Hub code, which needs the network) and ``logprobs``
 (the cost of ``logprobs=5`` on balanced sampling at batch 16, in alternating pairs within one process).
 """
 
@@ -29,8 +31,9 @@ STRATEGIES = {
     "greedy": {"do_sample": False},
     "balanced": {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9},
     "beam4": {"do_sample": False, "num_beams": 4},
+    "contrastive": {"do_sample": False, "penalty_alpha": 0.6, "top_k": 4},
 }
-SECTIONS = ("main", "growth", "beam", "logprobs")
+SECTIONS = ("main", "growth", "beam", "logprobs", "contrastive")
 PROMPTS = [
     "The history of the Roman Empire",
     "def fibonacci(n):",
@@ -100,8 +103,14 @@ def worker(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, m
             "outputs": outputs}  # fmt: skip
 
 
+#: run workers in this process (``--quick``: a smoke run, whose peak memory means nothing) instead of a fresh one
+IN_PROCESS = {"on": False}
+
+
 def measure(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, model_name: str | None) -> dict:
-    """Run :func:`worker` in a fresh Python process and return its numbers."""
+    """Run :func:`worker` in a fresh Python process (in this one with ``--quick``) and return its numbers."""
+    if IN_PROCESS["on"]:
+        return worker(impl, batch, strategy, new_tokens, repeat, model_name)
     command = [sys.executable, __file__, "--worker", impl, str(batch), strategy, str(new_tokens), str(repeat)]
     if model_name:
         command += ["--model", model_name]
@@ -132,12 +141,13 @@ def main() -> None:
         return
     if args.quick:
         args.batch, args.new_tokens, args.growth, args.repeat, args.beam_batch = [2], 4, [4, 8], 1, 2
+        IN_PROCESS["on"] = True
 
     from rich.console import Console
 
     console = Console()
     previous = json.loads(args.output.read_text()) if args.output.exists() and not args.quick else {}
-    report = {key: previous.get(key, []) for key in ("results", "growth", "beam", "logprobs")}
+    report = {key: previous.get(key, []) for key in ("results", "growth", "beam", "logprobs", "contrastive")}
     if "main" in args.sections:
         report["results"] = main_section(args, console)
     if "growth" in args.sections:
@@ -146,6 +156,8 @@ def main() -> None:
         report["beam"] = beam_section(args, console)
     if "logprobs" in args.sections:
         report["logprobs"] = logprobs_section(args, console)
+    if "contrastive" in args.sections:
+        report["contrastive"] = contrastive_section(args, console)
     import torch
 
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -210,6 +222,21 @@ def beam_section(args, console) -> list[dict]:
     return [{**_numbers(ours), "identical_to_transformers": identical}, _numbers(theirs)]
 
 
+def contrastive_section(args, console) -> list[dict]:
+    """Contrastive search (α 0.6, k 4) against greedy decoding, decoders both, at each batch size."""
+    rows = []
+    for batch in args.batch:
+        greedy = measure("decoders", batch, "greedy", args.new_tokens, args.repeat, args.model)
+        contrastive = measure("decoders", batch, "contrastive", args.new_tokens, args.repeat, args.model)
+        ratio = contrastive["tokens_per_s"] / greedy["tokens_per_s"]
+        console.print(
+            f"contrastive search (α 0.6, k 4), batch {batch}: {contrastive['tokens_per_s']:.1f} tok/s, greedy "
+            f"{greedy['tokens_per_s']:.1f} tok/s: {ratio:.2f}× greedy's speed"
+        )
+        rows += [_numbers(greedy), {**_numbers(contrastive), "ratio_to_greedy": ratio}]
+    return rows
+
+
 def logprobs_worker(batch: int, new_tokens: int, pairs: int, model_name: str | None) -> dict:
     """Balanced sampling with and without ``logprobs=5``, alternating in one process (so drift hits both alike)."""
     import decoders
@@ -241,10 +268,13 @@ def logprobs_worker(batch: int, new_tokens: int, pairs: int, model_name: str | N
 def logprobs_section(args, console) -> list[dict]:
     """The cost of ``logprobs=5`` on balanced sampling at the largest batch: paired runs, same tokens."""
     batch = max(args.batch)
-    command = [sys.executable, __file__, "--logprobs-worker", str(batch), str(args.new_tokens), str(2 * args.repeat)]
-    if args.model:
-        command += ["--model", args.model]
-    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    if IN_PROCESS["on"]:
+        result = logprobs_worker(batch, args.new_tokens, 2 * args.repeat, args.model)
+    else:
+        command = [sys.executable, __file__, "--logprobs-worker", str(batch), str(args.new_tokens), str(2 * args.repeat)]
+        if args.model:
+            command += ["--model", args.model]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     console.print(
         f"logprobs=5, balanced, batch {batch}, {result['pairs']} alternating pairs: median overhead "
         f"{result['overhead_median']:+.1%}, same tokens: {result['same_tokens']}"

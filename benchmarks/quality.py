@@ -49,7 +49,8 @@ HUMAN = "human"
 METRICS = ("perplexity", "self_bleu4", "zipf", "repetition_pct", "distinct_2", "mean_entropy", "rep_4")
 #: the strategies that can sit on a curve: sampling after at most one processor of these kinds
 CURVE_KINDS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature"}
-INSTALL_RAY = "pip install ray"
+INSTALL_RAY = "pip install 'decoders-lab[ray]'  (or: pip install 'ray>=2.9')"
+INSTALL_PLOTS = "pip install 'decoders-lab[plots]'"
 
 
 class ConfigError(ValueError):
@@ -274,8 +275,8 @@ def _ray_runner(address: str | None) -> Callable[[QualityConfig, list[Unit]], It
     """A runner that sends each unit to a Ray task and yields the results as they finish."""
     try:
         import ray
-    except ImportError:
-        raise SystemExit(f"--executor ray needs Ray, which is not installed: {INSTALL_RAY}") from None
+    except ImportError as exc:
+        raise SystemExit(f"--executor ray needs Ray, which could not be imported ({exc}): {INSTALL_RAY}") from None
 
     def run(config: QualityConfig, units: list[Unit]) -> Iterator[tuple[Unit, dict]]:
         if not ray.is_initialized():
@@ -403,14 +404,26 @@ def curve_points(strategies: dict[str, decoders.Strategy]) -> dict[str, list[tup
     return {kind: sorted(values) for kind, values in points.items() if len(values) >= 2}
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or an exit that names the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(
+            f"the quality plots need matplotlib, which could not be imported ({exc}): {INSTALL_PLOTS}\n"
+            "(the units and the .json/.csv/.md tables are already written: rerun after installing to draw the plots)"
+        ) from None
+    return plt
+
+
 def plot_curves(
     summary: list[dict], strategies: dict[str, decoders.Strategy], config: QualityConfig, path: Path
 ) -> Path | None:
     """Each curve metric against k, p and temperature, with the human value as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     points = curve_points(strategies)
     if not points:
@@ -447,10 +460,7 @@ def plot_curves(
 
 def plot_rank_frequency(records: list[dict], config: QualityConfig, path: Path) -> Path:
     """Token frequency against rank (log-log) for each strategy, the human text in black."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     sequences: dict[str, list[list[int]]] = {}
     for record in records:

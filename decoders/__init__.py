@@ -39,11 +39,27 @@ from decoders.errors import (
 from decoders.hookspecs import hookimpl
 from decoders.plugins import get_registry, register_plugin, reload_registry, unregister_plugin
 from decoders.processors import Candidates, DecodeContext, Processor, ValueProcessor
+from decoders.processors.base import NEG_INF, check_parameter, is_count, is_real
 from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent, StepLogprobs, TokenLogprob
 from decoders.searches import BeamConfig, Outcome, Search, SearchJob, SingleConfig
 from decoders.selectors import Selector, row_uniforms
-from decoders.strategy import PRESETS, Strategy
+from decoders.builtins import PRESETS
+from decoders.strategy import Strategy
 from decoders.trace import BeamRecord, BeamStepRecord, StageRecord, StepRecord, TokenProb
+
+
+def cache_entries():
+    """The model caches decoders keeps (see :func:`decoders.models.cache_entries`; imported on first use)."""
+    from decoders.models import cache_entries as entries
+
+    return entries()
+
+
+def clear_cache():
+    """Delete decoders' model caches and return their paths (see :func:`decoders.models.clear_cache`)."""
+    from decoders.models import clear_cache as clear
+
+    return clear()
 
 
 def load_model(name=None, **kwargs):
@@ -54,6 +70,7 @@ def load_model(name=None, **kwargs):
 
 
 __all__ = [
+    "NEG_INF",
     "PRESETS",
     "BadWordsConfig",
     "BeamConfig",
@@ -103,9 +120,14 @@ __all__ = [
     "TopPConfig",
     "TypicalPConfig",
     "ValueProcessor",
+    "cache_entries",
+    "check_parameter",
+    "clear_cache",
     "generate",
     "get_registry",
     "hookimpl",
+    "is_count",
+    "is_real",
     "load_model",
     "register_plugin",
     "reload_registry",

@@ -11,7 +11,7 @@ from decoders import processors as p
 from decoders import selectors as s
 from decoders.config import ProcessorConfig, SelectorConfig
 from decoders.hookspecs import hookimpl
-from decoders.searches import BeamConfig, SingleConfig
+from decoders.searches import BeamConfig, BestOfConfig, ContrastiveConfig, SingleConfig, StochasticBeamConfig
 
 MinTokensToKeep = Annotated[int, Field(ge=1, description="always keep at least this many of the most likely tokens")]
 
@@ -244,7 +244,67 @@ PROCESSOR_CONFIGS = (
     BadWordsConfig,
 )
 SELECTOR_CONFIGS = (GreedyConfig, SampleConfig)
-SEARCH_CONFIGS = (SingleConfig, BeamConfig)
+SEARCH_CONFIGS = (SingleConfig, BeamConfig, ContrastiveConfig, StochasticBeamConfig, BestOfConfig)
+
+#: the built-in presets: named strategies, each with its one-line description
+PRESETS: dict[str, dict] = {
+    "greedy": {"description": "always the most likely token", "selector": {"kind": "greedy"}},
+    "low_temperature": {
+        "description": "sampling at temperature 0.3 (focused)",
+        "processors": [{"kind": "temperature", "temperature": 0.3}],
+        "selector": {"kind": "sample"},
+    },
+    "high_temperature": {
+        "description": "sampling at temperature 1.5 (adventurous)",
+        "processors": [{"kind": "temperature", "temperature": 1.5}],
+        "selector": {"kind": "sample"},
+    },
+    "top_k": {
+        "description": "sampling from the 5 most likely tokens",
+        "processors": [{"kind": "top_k", "top_k": 5}],
+        "selector": {"kind": "sample"},
+    },
+    "top_p": {
+        "description": "nucleus sampling, p = 0.9",
+        "processors": [{"kind": "top_p", "top_p": 0.9}],
+        "selector": {"kind": "sample"},
+    },
+    "balanced": {
+        "description": "temperature 0.7, top-k 50, top-p 0.9",
+        "processors": [
+            {"kind": "temperature", "temperature": 0.7},
+            {"kind": "top_k", "top_k": 50},
+            {"kind": "top_p", "top_p": 0.9},
+        ],
+        "selector": {"kind": "sample"},
+    },
+    "pure_sampling": {"description": "sampling from the model's full distribution", "selector": {"kind": "sample"}},
+    "min_p": {"description": "min-p 0.1", "processors": [{"kind": "min_p", "min_p": 0.1}], "selector": {"kind": "sample"}},
+    # llama.cpp's default sampler chain (penalties, top-k 40, typical 1 (off), top-p 0.95, min-p 0.05, temp 0.8)
+    "llama_cpp": {
+        "description": "llama.cpp's default order: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8",
+        "processors": [
+            {"kind": "top_k", "top_k": 40},
+            {"kind": "top_p", "top_p": 0.95},
+            {"kind": "min_p", "min_p": 0.05},
+            {"kind": "temperature", "temperature": 0.8},
+        ],
+        "selector": {"kind": "sample"},
+    },
+    "beam_search": {
+        "description": "beam search with 4 beams: the most likely whole sequence it finds",
+        "search": {"kind": "beam", "num_beams": 4},
+    },
+    "contrastive": {
+        "description": "contrastive search, penalty_alpha 0.6, top_k 4: likely tokens that do not repeat the text",
+        "search": {"kind": "contrastive", "penalty_alpha": 0.6, "top_k": 4},
+    },
+    "stochastic_beam": {
+        "description": "4 sequences sampled without replacement; the first one drawn is the result",
+        "selector": {"kind": "sample"},
+        "search": {"kind": "stochastic_beam", "num_beams": 4},
+    },
+}
 
 
 @hookimpl
@@ -263,3 +323,9 @@ def decoders_register_selectors(register):
 def decoders_register_searches(register):
     for config in SEARCH_CONFIGS:
         register(config)
+
+
+@hookimpl
+def decoders_register_presets(register):
+    for name, strategy in PRESETS.items():
+        register(name, strategy)

@@ -1,4 +1,4 @@
-"""The ``decoders`` command line: generate, explain, compare, plugins, schema.
+"""The ``decoders`` command line: generate, explain, compare, plugins, schema, cache.
 
 Every command takes ``--json`` for machine-readable output; errors are one clear line, never a traceback.
 """
@@ -17,7 +17,8 @@ from rich.table import Table
 
 from decoders.errors import DecodersError, validation_message
 from decoders.plugins import get_registry
-from decoders.strategy import PRESETS, Strategy, StrategyError
+from decoders.builtins import PRESETS
+from decoders.strategy import Strategy, StrategyError
 
 app = typer.Typer(
     name="decoders",
@@ -62,7 +63,7 @@ ModelOption = Annotated[
     typer.Option("--model", "-m", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)."),
 ]
 StrategyOption = Annotated[
-    str | None, typer.Option("--strategy", "-s", help=f"A preset ({', '.join(PRESETS)}) or a .json/.toml strategy file.")
+    str | None, typer.Option("--strategy", "-s", help=f"A preset ({', '.join(PRESETS)}, or a plugin's) or a .json/.toml strategy file.")
 ]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (row i of a batch uses seed + i).")]
 ChatOption = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")]
@@ -87,7 +88,10 @@ def percent(probability: float) -> str:
 
 SearchOption = Annotated[
     str | None,
-    typer.Option("--search", help="The search: single (one hypothesis per prompt) or beam, or a plugin's kind."),
+    typer.Option(
+        "--search",
+        help="The search: single (default), beam, contrastive, stochastic_beam, best_of, or a plugin's kind.",
+    ),
 ]
 NumBeamsOption = Annotated[int | None, typer.Option("--num-beams", help="Beam search: running hypotheses per prompt.")]
 LengthPenaltyOption = Annotated[
@@ -96,18 +100,42 @@ LengthPenaltyOption = Annotated[
 EarlyStoppingOption = Annotated[
     str | None, typer.Option("--early-stopping", help="Beam search: true, false or never (transformers' meanings).")
 ]
+PenaltyAlphaOption = Annotated[
+    float | None, typer.Option("--penalty-alpha", help="Contrastive search: weight of the degeneration penalty (with --top-k).")
+]
 ReturnSequencesOption = Annotated[
     int | None, typer.Option("--num-return-sequences", help="Beam search: ranked hypotheses per prompt (≤ beams).")
 ]
 
 
-def with_search(chosen: Strategy, search: str | None, **flags: object) -> Strategy:
-    """``chosen`` with the search named by --search and its parameter flags (the strategy's own search if none)."""
+#: the search a parameter flag implies when --search is not given (and the strategy's own search is single)
+FLAG_SEARCH = {
+    "num_beams": "beam", "length_penalty": "beam", "early_stopping": "beam", "num_return_sequences": "beam",
+    "num_beam_groups": "beam", "diversity_penalty": "beam",
+    "penalty_alpha": "contrastive", "top_k": "contrastive", "n": "best_of", "rank_by": "best_of",
+}  # fmt: skip
+#: the searches that sample (they need the sample selector; the default strategy is greedy)
+SAMPLING_SEARCHES = ("best_of", "stochastic_beam")
+
+
+def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = True, **flags: object) -> Strategy:
+    """``chosen`` with the search named by --search and its parameter flags (the strategy's own search if none).
+
+    Without --search, the flags say which search is meant (--num-beams: beam, --penalty-alpha: contrastive, --n:
+    best_of). When the user chose no strategy (``user_strategy`` False), a search that samples gets the sample
+    selector it needs.
+    """
     given = {name: value for name, value in flags.items() if value is not None}
     if search is None and not given:
         return chosen
     if search is None:
-        search = chosen.search.kind if chosen.search.kind != "single" else "beam"
+        implied = sorted({FLAG_SEARCH[name] for name in given})
+        if chosen.search.kind != "single":
+            search = chosen.search.kind
+        elif len(implied) == 1:
+            search = implied[0]
+        else:
+            raise StrategyError(f"these flags belong to different searches ({', '.join(implied)}): add --search")
     if "early_stopping" in given:
         value = str(given["early_stopping"]).strip().lower()
         if value not in ("true", "false", "never"):
@@ -115,6 +143,8 @@ def with_search(chosen: Strategy, search: str | None, **flags: object) -> Strate
         given["early_stopping"] = {"true": True, "false": False}.get(value, value)
     current = chosen.search.model_dump() if chosen.search.kind == search else {}
     data = chosen.model_dump(exclude_none=True)
+    if not user_strategy and search in SAMPLING_SEARCHES:
+        data["selector"] = {"kind": "sample"}
     return Strategy.model_validate({**data, "search": {**current, **given, "kind": search}})
 
 
@@ -173,7 +203,9 @@ def generate(
     model: ModelOption = None,
     strategy: StrategyOption = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Keep the k most likely tokens.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Keep the k most likely tokens (contrastive search: its candidates per step).")
+    ] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus: keep mass p.")] = None,
     min_p: Annotated[float | None, typer.Option(help="Keep tokens with p ≥ min_p × max p.")] = None,
     typical_p: Annotated[float | None, typer.Option(help="Locally typical sampling mass.")] = None,
@@ -189,6 +221,15 @@ def generate(
     length_penalty: LengthPenaltyOption = None,
     early_stopping: EarlyStoppingOption = None,
     num_return_sequences: ReturnSequencesOption = None,
+    num_beam_groups: Annotated[
+        int | None, typer.Option("--num-beam-groups", help="Diverse beam search: groups of beams (divides --num-beams).")
+    ] = None,
+    diversity_penalty: Annotated[
+        float | None, typer.Option("--diversity-penalty", help="Diverse beam search: penalty per earlier group's choice.")
+    ] = None,
+    penalty_alpha: PenaltyAlphaOption = None,
+    n: Annotated[int | None, typer.Option("--n", help="best_of: samples per prompt.")] = None,
+    rank_by: Annotated[str | None, typer.Option("--rank-by", help="best_of: rank samples by their sum or mean log-prob.")] = None,
     logprobs: Annotated[
         int | None, typer.Option("--logprobs", help="Add per-token log-probabilities and this many alternatives to --json.")
     ] = None,
@@ -204,10 +245,16 @@ def generate(
     )  # fmt: skip
     search_flags = dict(
         num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-        num_return_sequences=num_return_sequences,
+        num_return_sequences=num_return_sequences, num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
+        penalty_alpha=penalty_alpha, n=n, rank_by=rank_by,
     )  # fmt: skip
+    if search == "contrastive" or (search is None and penalty_alpha is not None):
+        search_flags["top_k"] = flags.pop("top_k")  # contrastive search's own top_k, not a processor
+    user_strategy = bool(strategy or model_defaults or any(v is not None for v in flags.values()))
     if not model_defaults:  # check the strategy before spending seconds on loading the model
-        chosen = with_search(flags_strategy(strategy, False, None, **flags), search, **search_flags)
+        chosen = with_search(
+            flags_strategy(strategy, False, None, **flags), search, user_strategy=user_strategy, **search_flags
+        )
     loaded = load(model)
     if model_defaults:
         chosen = with_search(flags_strategy(strategy, True, loaded, **flags), search, **search_flags)
@@ -458,20 +505,28 @@ def explain(
 def compare(
     prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False)],
     model: ModelOption = None,
+    strategies: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy", "-s", help="A preset or strategy file to compare (repeatable; default: the tutorial's six and beam search)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the sampling presets.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per continuation.")] = 20,
     chat: ChatOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """One continuation per preset (greedy, low/high temperature, top-k, top-p, balanced), side by side."""
+    """One continuation per strategy, side by side (default: greedy, low/high temperature, top-k, top-p, balanced,
+    beam search)."""
     import decoders
-    from decoders.strategy import COMPARE_PRESETS, PRESET_DESCRIPTIONS
+    from decoders.strategy import COMPARE_PRESETS
 
+    chosen = {name: Strategy.resolve(name) for name in strategies or COMPARE_PRESETS}  # all checked before loading
     loaded = load(model)
     rows = []
-    for name in COMPARE_PRESETS:
-        result = decoders.generate(prompt, strategy=name, model=loaded, max_new_tokens=max_new_tokens, seed=seed, chat=chat)[0]
-        rows.append({"strategy": name, "description": PRESET_DESCRIPTIONS[name], "chain": Strategy.from_preset(name).describe(),
+    for name, strategy in chosen.items():
+        result = decoders.generate(prompt, strategy=strategy, model=loaded, max_new_tokens=max_new_tokens, seed=seed, chat=chat)[0]
+        rows.append({"strategy": name, "description": strategy.description, "chain": strategy.describe(),
                      "text": result.text, "generated_ids": result.generated_ids})  # fmt: skip
     if as_json:
         emit_json({"model": loaded.name, "prompt": prompt, "seed": seed, "results": rows})
@@ -487,22 +542,33 @@ def compare(
 
 @app.command()
 def plugins(as_json: JsonOption = False) -> None:
-    """List every processor, selector and search kind, with the plugin that provides it."""
+    """List every processor, selector and search kind and every preset, with the plugin that provides it."""
     registry = get_registry()
     rows = [
         {"kind": r.kind, "role": r.role, "plugin": r.plugin, "description": r.config.describe()}
         for table in (registry.processors, registry.selectors, registry.searches)
         for r in table.values()
     ]
+    rows += [
+        {"kind": p.name, "role": "preset", "plugin": p.plugin, "description": p.strategy.get("description") or ""}
+        for p in registry.presets.values()
+    ]
+    loaded = [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in registry.plugins]
     if as_json:
-        emit_json({"kinds": rows, "plugins": registry.plugins, "problems": registry.problems})
+        emit_json({"kinds": rows, "plugins": loaded, "problems": registry.problems})
         return
-    table = Table(title="decoders kinds", title_justify="left")
+    table = Table(title="decoders kinds and presets", title_justify="left")
     for column in ("kind", "role", "plugin", "description"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["kind"], row["role"], row["plugin"], row["description"])
     console.print(table)
+    installed = Table(title="plugins", title_justify="left")
+    for column in ("plugin", "distribution", "version"):
+        installed.add_column(column)
+    for plugin in loaded:
+        installed.add_row(plugin["name"], plugin["distribution"] or "(registered in code)", plugin["version"] or "")
+    console.print(installed)
 
 
 @app.command()
@@ -517,6 +583,54 @@ def schema(
         error_console.print(f"wrote {output}")
     else:
         sys.stdout.write(text)
+
+
+@app.command()
+def cache(
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Delete the cached models (the next load converts them again).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the on-disk model cache (its root, each folder, what it holds, its size), or delete it with --clear."""
+    from decoders.models import cache_entries, cache_root, clear_cache
+
+    def size(count: int) -> str:
+        return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e3:.1f} kB"
+
+    root, entries = cache_root(), cache_entries()
+    rows = [
+        {"path": str(e.path), "name": e.path.name, "model": e.model, "source": e.source, "size": e.size,
+         "status": e.status}
+        for e in entries
+    ]  # fmt: skip
+    if clear:
+        removed = {str(path) for path in clear_cache()}
+        rows = [row for row in rows if row["path"] in removed]
+        if as_json:
+            emit_json({"root": str(root), "removed": rows, "freed": sum(row["size"] for row in rows)})
+            return
+        for row in rows:
+            console.print(f"removed {escape(row['path'])} ({size(row['size'])})", highlight=False, soft_wrap=True)
+        console.print(f"removed {len(rows)} cache folder{'s' * (len(rows) != 1)} from {escape(str(root))}, "
+                      f"{size(sum(row['size'] for row in rows))} freed", highlight=False, soft_wrap=True)  # fmt: skip
+        return
+    if as_json:
+        emit_json({"root": str(root), "entries": rows, "size": sum(row["size"] for row in rows)})
+        return
+    if not rows:
+        console.print(f"no cached models in {escape(str(root))}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"model cache in {escape(str(root))}", title_justify="left")
+    table.add_column("folder", no_wrap=True, overflow="fold")
+    table.add_column("model", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for row in rows:
+        table.add_row(escape(row["name"]), escape(row["model"]), size(row["size"]), row["status"])
+    console.print(table)
+    total = size(sum(row["size"] for row in rows))
+    error_console.print(f"[dim]{total} in all; delete with `decoders cache --clear`[/]", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

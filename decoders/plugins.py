@@ -11,10 +11,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib.metadata import entry_points
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Annotated, Any, Union
 
 import pluggy
+from pluggy import PluginValidationError
 from pydantic import Discriminator, TypeAdapter
 
 from decoders import builtins, hookspecs
@@ -40,21 +42,54 @@ class Registration:
     role: str  # "processor", "selector" or "search"
 
 
-def _discriminated(configs: list[type]) -> Any:
+def discriminated_union(configs: list[type]) -> Any:
+    """The pydantic type of "one of these configs, told apart by ``kind``" (the config itself when only one)."""
     if len(configs) == 1:
         return configs[0]
     return Annotated[Union[tuple(configs)], Discriminator("kind")]  # noqa: UP007 (a runtime tuple of types)
 
 
+@dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin: its name (the entry point's), and the distribution that installed it, if any.
+
+    Args:
+        name: the plugin's name.
+        distribution: the installed package that declares its entry point (None for code-registered plugins).
+        version: that package's version.
+    """
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named strategy (as data) and the plugin that registered it."""
+
+    name: str
+    strategy: dict[str, Any]
+    plugin: str
+
+
 @dataclass
 class Registry:
-    """Every registered processor, selector and search kind, and the problems met while loading plugins."""
+    """Every registered kind and preset, the loaded plugins, and the problems met while loading them.
+
+    ``manager`` is the pluggy plugin manager, for hooks that run later than registration (e.g. while
+    converting a ``GenerationConfig``), never inside the token loop.
+    """
 
     processors: dict[str, Registration] = field(default_factory=dict)
     selectors: dict[str, Registration] = field(default_factory=dict)
     searches: dict[str, Registration] = field(default_factory=dict)
+    presets: dict[str, Preset] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    plugins: list[str] = field(default_factory=list)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    manager: pluggy.PluginManager | None = field(default=None, repr=False)
+    #: the plugin whose hook :meth:`each_plugin` is running (what ``register`` callbacks attribute kinds to)
+    calling: str = ""
 
     def _table(self, role: str) -> dict[str, Registration]:
         return {"processor": self.processors, "selector": self.selectors, "search": self.searches}[role]
@@ -84,41 +119,108 @@ class Registry:
             return
         table[kind] = Registration(kind, config, plugin, role)
 
+    def register_preset(self, plugin: str, name: Any, strategy: Any) -> None:
+        """Add one preset for ``plugin`` (checked when used, once every kind is known)."""
+        if not isinstance(name, str) or not name or not isinstance(strategy, dict):
+            self.problems.append(
+                f"plugin '{plugin}' registered preset {name!r} with {type(strategy).__name__}; call "
+                "register(name, strategy_as_a_dict); it is skipped"
+            )
+        elif name in self.presets:
+            self.problems.append(
+                f"preset '{name}' is registered by both plugin '{self.presets[name].plugin}' and plugin '{plugin}'; "
+                f"'{self.presets[name].plugin}' keeps it"
+            )
+        else:
+            self.presets[name] = Preset(name, strategy, plugin)
+
     def kinds(self, role: str) -> list[str]:
         """Registered kind names for ``role`` ("processor", "selector" or "search"), in registration order."""
         return list(self._table(role))
 
+    def each_plugin(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call ``hook`` through the plugin manager once per plugin that implements it: ``(plugin, result)``.
+
+        A plugin that raises yields ``(plugin, exception)`` instead, so one broken plugin is reported by name
+        and the others still run.
+        """
+        manager = self.manager
+        if manager is None:
+            return
+        names = [manager.get_name(plugin) for plugin in manager.get_plugins()]
+        for impl in getattr(manager.hook, hook).get_hookimpls():
+            others = [manager.get_plugin(n) for n in names if n != impl.plugin_name]
+            self.calling = impl.plugin_name
+            try:
+                results = manager.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+            except Exception as exc:  # a broken plugin must not take the others down
+                yield impl.plugin_name, exc
+                continue
+            yield impl.plugin_name, results[0] if results else None
+
     @cached_property
     def processor_list_adapter(self) -> TypeAdapter:
         """Validates a list of processor configs (a union discriminated by ``kind``)."""
-        return TypeAdapter(list[_discriminated([r.config for r in self.processors.values()])])
+        return TypeAdapter(list[discriminated_union([r.config for r in self.processors.values()])])
 
     @cached_property
     def selector_adapter(self) -> TypeAdapter:
         """Validates one selector config."""
-        return TypeAdapter(_discriminated([r.config for r in self.selectors.values()]))
+        return TypeAdapter(discriminated_union([r.config for r in self.selectors.values()]))
 
     @cached_property
     def search_adapter(self) -> TypeAdapter:
         """Validates one search config."""
-        return TypeAdapter(_discriminated([r.config for r in self.searches.values()]))
+        return TypeAdapter(discriminated_union([r.config for r in self.searches.values()]))
 
 
-def _call_hooks(manager: pluggy.PluginManager, registry: Registry) -> None:
-    """Run each plugin's registration hooks separately, so each kind is attributed to its plugin."""
-    for role, caller in (
-        ("processor", manager.hook.decoders_register_processors),
-        ("selector", manager.hook.decoders_register_selectors),
-        ("search", manager.hook.decoders_register_searches),
+#: the registration hooks, and the role each one registers
+_REGISTRATION_HOOKS = {
+    "decoders_register_processors": "processor",
+    "decoders_register_selectors": "selector",
+    "decoders_register_searches": "search",
+}
+
+
+def _register_everything(registry: Registry) -> None:
+    """Run each plugin's registration hooks (through the manager, one plugin at a time, so each kind is
+    attributed to its plugin and pluggy's calling conventions hold)."""
+    for hook, role in _REGISTRATION_HOOKS.items():
+        for plugin, outcome in registry.each_plugin(
+            hook, register=lambda config, _r=role: registry.register(registry.calling, _r, config)
+        ):
+            _report_failure(registry, plugin, outcome, f"registering {role}s", "its remaining kinds are skipped")
+    for plugin, outcome in registry.each_plugin(
+        "decoders_register_presets",
+        register=lambda name, strategy: registry.register_preset(registry.calling, name, strategy),
     ):
-        for impl in caller.get_hookimpls():  # registration order: built-ins first
-            try:
-                impl.function(register=lambda config, _p=impl.plugin_name, _r=role: registry.register(_p, _r, config))
-            except Exception as exc:  # a broken plugin must not take the others down
-                registry.problems.append(
-                    f"plugin '{impl.plugin_name}' failed while registering {role}s: {type(exc).__name__}: {exc}; "
-                    "its remaining kinds are skipped"
-                )
+        _report_failure(registry, plugin, outcome, "registering presets", "its remaining presets are skipped")
+
+
+def _report_failure(registry: Registry, plugin: str, outcome: Any, doing: str, consequence: str) -> None:
+    if isinstance(outcome, Exception):
+        registry.problems.append(
+            f"plugin '{plugin}' failed while {doing}: {type(outcome).__name__}: {outcome}; {consequence}"
+        )
+
+
+def _check_hook_names(manager: pluggy.PluginManager, registry: Registry) -> None:
+    """Report and unregister plugins with a hook function no spec knows (a misspelled hook name)."""
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except PluginValidationError as exc:
+            name = manager.get_name(exc.plugin)
+            registry.problems.append(
+                f"plugin '{name}' has a hook decoders does not know: {exc}; check its spelling against "
+                f"decoders.hookspecs ({', '.join(sorted(_HOOK_NAMES))}). The plugin is skipped."
+            )
+            manager.unregister(exc.plugin)
+            registry.plugins = [p for p in registry.plugins if p.name != name]
+
+
+_HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("decoders_")]
 
 
 def build_registry(extra_plugins: dict[str, object] | None = None, autoload: bool | None = None) -> Registry:
@@ -133,7 +235,7 @@ def build_registry(extra_plugins: dict[str, object] | None = None, autoload: boo
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
     manager.register(builtins, name=BUILTIN_NAME)
-    registry = Registry(plugins=[BUILTIN_NAME])
+    registry = Registry(plugins=[PluginInfo(BUILTIN_NAME, "decoders-lab", _version("decoders-lab"))], manager=manager)
     if autoload:
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             try:
@@ -146,17 +248,28 @@ def build_registry(extra_plugins: dict[str, object] | None = None, autoload: boo
                     f"(or set {DISABLE_ENV}=1 to load no plugins)."
                 )
                 continue
-            registry.plugins.append(entry_point.name)
+            dist = getattr(entry_point, "dist", None)
+            registry.plugins.append(
+                PluginInfo(entry_point.name, getattr(dist, "name", None), getattr(dist, "version", None))
+            )
     for name, plugin in (extra_plugins or {}).items():
         try:
             manager.register(plugin, name=name)
         except ValueError as exc:
             raise PluginError(f"cannot register plugin '{name}': {exc}") from exc
-        registry.plugins.append(name)
-    _call_hooks(manager, registry)
+        registry.plugins.append(PluginInfo(name))
+    _check_hook_names(manager, registry)
+    _register_everything(registry)
     for problem in registry.problems:
         warnings.warn(problem, PluginWarning, stacklevel=2)
     return registry
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 _registry: Registry | None = None

@@ -52,6 +52,8 @@ class Hypothesis(BaseModel):
         score: the search's score of this sequence (see :attr:`GenerationResult.score`).
         finish_reason: ``"eos"``, ``"stop"`` or ``"length"``.
         logprobs: per generated token, when ``generate(..., logprobs=n)`` asked for them.
+        weight: for a sample drawn without replacement (stochastic beam search), its estimator weight
+            p(y) / q(y): the average of ``weight · f(y)`` over the samples estimates the expectation of f.
     """
 
     text: str
@@ -59,6 +61,7 @@ class Hypothesis(BaseModel):
     score: float
     finish_reason: FinishReason
     logprobs: list[StepLogprobs] | None = None
+    weight: float | None = None
 
 
 class GenerationResult(BaseModel):

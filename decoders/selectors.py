@@ -16,7 +16,13 @@ from decoders.processors.selection import first_argmax
 class Selector:
     """Base class: ``select(logits [B, V], generators) -> ids [B]`` (and the same on a candidate set)."""
 
-    kind: str = "selector"
+    #: the ``kind`` of the config this selector was built from (its class name when made directly)
+    kind: str = "Selector"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
 
     def select(self, logits: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
         raise NotImplementedError
@@ -43,8 +49,6 @@ class Greedy(Selector):
         >>> Greedy().select(torch.tensor([[0.0, 2.0, 2.0]]))
         tensor([1])
     """
-
-    kind = "greedy"
 
     def select(self, logits, generators=None):
         return first_argmax(logits)
@@ -99,8 +103,6 @@ class Sample(Selector):
         >>> Sample().select(torch.tensor([[0.0, float("-inf"), 0.0]]), g).item() in (0, 2)
         True
     """
-
-    kind = "sample"
 
     def select(self, logits, generators=None):
         return _inverse_cdf(logits.float(), row_uniforms(logits.shape[0], generators))

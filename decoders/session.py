@@ -166,12 +166,14 @@ class ModelSession:
             return None
         return (columns >= self._pads).long()
 
-    def forward(self, *, all_logits: bool = False, hidden: bool = False) -> ForwardOutput:
+    def forward(self, *, all_logits: bool = False, hidden: bool = False, all_hidden: bool = False) -> ForwardOutput:
         """Run the model over the columns it has not seen; logits of the last one (of all of them with ``all_logits``).
 
         Args:
             all_logits: return ``[R, k, V]`` for the ``k`` new columns instead of ``[R, V]`` for the last.
-            hidden: also return the last layer's hidden states of those columns.
+            hidden: also return the last layer's hidden states of the columns whose logits are returned.
+            all_hidden: return the last layer's hidden states of all ``k`` new columns ``[R, k, H]``, whatever
+                ``all_logits`` says.
         """
         if self.computed >= self.length:
             raise GenerationError("nothing new to run the model on: append tokens first")
@@ -179,13 +181,13 @@ class ModelSession:
         positions = (columns[:, self.computed :] - self._pads).clamp(min=0)
         logits, states, self.cache = self._call(
             self._ids[:, self.computed : self.length], self._mask(columns), positions, self.cache,
-            keep=0 if all_logits else 1, hidden=hidden,
+            keep=0 if all_logits else 1, hidden=hidden or all_hidden,
         )  # fmt: skip
         new = self.length - self.computed
         self.computed = self.length
-        if all_logits:
-            return ForwardOutput(logits[:, -new:].float(), None if states is None else states[:, -new:])
-        return ForwardOutput(logits[:, -1].float(), None if states is None else states[:, -1])
+        if states is not None:
+            states = states[:, -new:] if all_hidden or all_logits else states[:, -1]
+        return ForwardOutput(logits[:, -new:].float() if all_logits else logits[:, -1].float(), states)
 
     def select(self, rows: torch.LongTensor | list[int]) -> None:
         """Keep rows ``rows`` in that order: row i continues old row ``rows[i]`` (may repeat or drop rows)."""

@@ -20,49 +20,9 @@ from decoders import builtins as b
 from decoders.chain import Chain
 from decoders.config import ProcessorConfig, SearchConfig, SelectorConfig
 from decoders.errors import StrategyError, validation_message
-from decoders.plugins import _discriminated, get_registry
+from decoders.plugins import discriminated_union, get_registry
 from decoders.searches import Search, SingleConfig
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "greedy": {"processors": [], "selector": {"kind": "greedy"}},
-    "low_temperature": {"processors": [{"kind": "temperature", "temperature": 0.3}], "selector": {"kind": "sample"}},
-    "high_temperature": {"processors": [{"kind": "temperature", "temperature": 1.5}], "selector": {"kind": "sample"}},
-    "top_k": {"processors": [{"kind": "top_k", "top_k": 5}], "selector": {"kind": "sample"}},
-    "top_p": {"processors": [{"kind": "top_p", "top_p": 0.9}], "selector": {"kind": "sample"}},
-    "balanced": {
-        "processors": [
-            {"kind": "temperature", "temperature": 0.7},
-            {"kind": "top_k", "top_k": 50},
-            {"kind": "top_p", "top_p": 0.9},
-        ],
-        "selector": {"kind": "sample"},
-    },
-    "pure_sampling": {"processors": [], "selector": {"kind": "sample"}},
-    "min_p": {"processors": [{"kind": "min_p", "min_p": 0.1}], "selector": {"kind": "sample"}},
-    # llama.cpp's default sampler chain (penalties, top-k 40, typical 1 (off), top-p 0.95, min-p 0.05, temp 0.8)
-    "llama_cpp": {
-        "processors": [
-            {"kind": "top_k", "top_k": 40},
-            {"kind": "top_p", "top_p": 0.95},
-            {"kind": "min_p", "min_p": 0.05},
-            {"kind": "temperature", "temperature": 0.8},
-        ],
-        "selector": {"kind": "sample"},
-    },
-    "beam_search": {"processors": [], "selector": {"kind": "greedy"}, "search": {"kind": "beam", "num_beams": 4}},
-}
-PRESET_DESCRIPTIONS = {
-    "greedy": "always the most likely token",
-    "low_temperature": "sampling at temperature 0.3 (focused)",
-    "high_temperature": "sampling at temperature 1.5 (adventurous)",
-    "top_k": "sampling from the 5 most likely tokens",
-    "top_p": "nucleus sampling, p = 0.9",
-    "balanced": "temperature 0.7, top-k 50, top-p 0.9",
-    "pure_sampling": "sampling from the model's full distribution",
-    "min_p": "min-p 0.1",
-    "llama_cpp": "llama.cpp's default order: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8",
-    "beam_search": "beam search with 4 beams: the most likely whole sequence it finds",
-}
 #: the six presets the tutorial compares, in its order, then beam search
 COMPARE_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced", "beam_search")
 
@@ -73,10 +33,10 @@ _NOT_STRATEGY_FIELDS = {
     "_from_model_config", "output_attentions", "output_hidden_states",
 }  # fmt: skip
 _WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-_BEAM_FIELDS = ("length_penalty", "early_stopping", "num_return_sequences")
+_BEAM_FIELDS = ("length_penalty", "early_stopping", "num_return_sequences", "num_beam_groups", "diversity_penalty")
 _SUPPORTED_FIELDS = {
     "do_sample", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
-    "min_new_tokens", "num_beams", *_BEAM_FIELDS, *_WARPER_FIELDS,
+    "min_new_tokens", "num_beams", "penalty_alpha", *_BEAM_FIELDS, *_WARPER_FIELDS,
 }  # fmt: skip
 
 
@@ -95,6 +55,7 @@ class Strategy(BaseModel):
         selector: the selector config (or dict); default greedy.
         search: the search config (or dict); default ``single`` (one hypothesis per prompt).
         name: an optional label, shown in reports.
+        description: an optional sentence saying what the strategy is for (presets have one).
 
     Example:
         >>> s = Strategy.model_validate({
@@ -107,6 +68,7 @@ class Strategy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
+    description: str | None = None
     processors: list[SerializeAsAny[ProcessorConfig]] = Field(default_factory=list)
     selector: SerializeAsAny[SelectorConfig] = Field(default_factory=b.GreedyConfig)
     search: SerializeAsAny[SearchConfig] = Field(default_factory=SingleConfig)
@@ -132,13 +94,13 @@ class Strategy(BaseModel):
         Raises :class:`StrategyError` when the search cannot use this chain (e.g. a stateful processor
         without ``reorder`` under beam search), so a bad combination fails here and not mid-generation.
         """
-        chain = Chain([config.build() for config in self.processors], self.selector.build(), use_candidates=use_candidates)
+        chain = Chain([config.create() for config in self.processors], self.selector.create(), use_candidates=use_candidates)
         self.build_search().check(chain)
         return chain
 
     def build_search(self) -> Search:
         """Build the search (see :mod:`decoders.searches`)."""
-        return self.search.build()
+        return self.search.create()
 
     def describe(self) -> str:
         """A one-line human description, e.g. ``temperature(0.7) → top_k(50) → sample`` (``· beam(4)`` for a search)."""
@@ -150,10 +112,17 @@ class Strategy(BaseModel):
 
     @classmethod
     def from_preset(cls, name: str) -> Strategy:
-        """A named preset (see :data:`PRESETS`)."""
-        if name not in PRESETS:
-            raise StrategyError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
-        return cls.model_validate({"name": name, **PRESETS[name]})
+        """A named preset: the built-in ones (:data:`decoders.PRESETS`) and any a plugin registers."""
+        presets = get_registry().presets
+        if name not in presets:
+            raise StrategyError(f"unknown preset '{name}'; presets: {', '.join(presets)}")
+        preset = presets[name]
+        try:
+            return cls.model_validate({"name": name, **preset.strategy})
+        except ValidationError as exc:
+            raise StrategyError(
+                f"preset '{name}' of plugin '{preset.plugin}' is not a valid strategy:\n{validation_message(exc)}"
+            ) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Strategy:
@@ -205,22 +174,24 @@ class Strategy(BaseModel):
             return cls.model_validate(spec)
         if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")) or Path(spec).exists():
             return cls.load(spec)
-        if spec in PRESETS:
+        presets = get_registry().presets
+        if spec in presets:
             return cls.from_preset(spec)
-        raise StrategyError(f"'{spec}' is neither a preset ({', '.join(PRESETS)}) nor a .json/.toml strategy file")
+        raise StrategyError(f"'{spec}' is neither a preset ({', '.join(presets)}) nor a .json/.toml strategy file")
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
         """The JSON Schema of strategies, with every registered kind (plugins included)."""
         registry = get_registry()
-        processor = _discriminated([r.config for r in registry.processors.values()])
-        selector = _discriminated([r.config for r in registry.selectors.values()])
-        search = _discriminated([r.config for r in registry.searches.values()])
+        processor = discriminated_union([r.config for r in registry.processors.values()])
+        selector = discriminated_union([r.config for r in registry.selectors.values()])
+        search = discriminated_union([r.config for r in registry.searches.values()])
         model = create_model(
             "Strategy",
             __config__=ConfigDict(extra="forbid"),
             __doc__=cls.__doc__.split("\n\n")[0],
             name=(str | None, None),
+            description=(str | None, None),
             processors=(list[processor], Field(default_factory=list)),
             selector=(selector, Field(default_factory=b.GreedyConfig)),
             search=(search, Field(default_factory=SingleConfig)),
@@ -279,8 +250,20 @@ class Strategy(BaseModel):
                 processors.append({"kind": "eta_cutoff", "eta_cutoff": fields["eta_cutoff"]})
         else:
             ignored += [f"{k} (do_sample is off)" for k in _WARPER_FIELDS if k in fields]
+        for plugin, outcome in get_registry().each_plugin("decoders_generation_config", fields=dict(fields)):
+            if isinstance(outcome, Exception):
+                raise StrategyError(
+                    f"plugin '{plugin}' failed to convert the GenerationConfig: {type(outcome).__name__}: {outcome}"
+                )
+            if outcome:
+                used, extra = outcome
+                processors.extend(extra)
+                ignored = [name for name in ignored if name not in used]
         search: dict[str, Any] = {"kind": "single"}
-        if fields.get("num_beams", 1) > 1:
+        if fields.get("penalty_alpha", 0) > 0 and fields.get("top_k", 0) > 1 and not do_sample:
+            search = {"kind": "contrastive", "penalty_alpha": fields["penalty_alpha"], "top_k": fields["top_k"]}
+            ignored = [name for name in ignored if not name.startswith("top_k")]
+        elif fields.get("num_beams", 1) > 1:
             search = {"kind": "beam", "num_beams": fields["num_beams"]}
             search.update({k: fields[k] for k in _BEAM_FIELDS if k in fields})
         else:

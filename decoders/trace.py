@@ -91,12 +91,14 @@ class BeamStepRecord(BaseModel):
     Args:
         step: index of the generated token (0 for the first new token).
         row: the prompt's index.
+        group: the group of diverse beam search (0 without groups; one record per group and step).
         beams: the beams that continue, best first.
         finished: the best finished hypotheses so far, best first.
     """
 
     step: int
     row: int
+    group: int = 0
     beams: list[BeamRecord]
     finished: list[BeamRecord]
 

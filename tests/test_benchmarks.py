@@ -35,5 +35,7 @@ def test_generate_benchmark_runs(tmp_path, tiny_gpt2_dir):
     ours, theirs = report["beam"]
     assert (ours["impl"], theirs["impl"], ours["strategy"]) == ("decoders", "transformers", "beam4")
     assert ours["identical_to_transformers"] is True
+    assert [r["strategy"] for r in report["contrastive"]] == ["greedy", "contrastive"]
+    assert report["contrastive"][1]["ratio_to_greedy"] > 0
     [logprobs] = report["logprobs"]
     assert logprobs["same_tokens"] is True and len(logprobs["on_s"]) == len(logprobs["off_s"]) == 2

@@ -319,3 +319,30 @@ def test_version_and_help(capsys):
     assert code == 0 and out.strip() == f"decoders {importlib.metadata.version('decoders-lab')}"
     code, out, _ = run(capsys, "generate", "--help")
     assert code == 0 and "--no-repeat-ngram-size" in out and "<bool>" not in out and "…" not in out
+
+
+def test_the_other_searches_from_the_command_line(capsys, tiny_gpt2_dir):
+    model = ("--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    cases = [
+        (("--search", "contrastive", "--penalty-alpha", "0.6", "--top-k", "4"), {"kind": "contrastive", "penalty_alpha": 0.6, "top_k": 4}),
+        (("--penalty-alpha", "0.5"), {"kind": "contrastive", "penalty_alpha": 0.5, "top_k": 4}),  # --search implied
+        (("--search", "best_of", "--n", "3", "--seed", "2"), {"kind": "best_of", "n": 3, "rank_by": "sum"}),
+        (("--search", "stochastic_beam", "--num-beams", "3", "--seed", "2"), {"kind": "stochastic_beam", "num_beams": 3}),
+        (("--num-beams", "4", "--num-beam-groups", "2", "--diversity-penalty", "1.0"),
+         {"kind": "beam", "num_beams": 4, "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
+          "num_beam_groups": 2, "diversity_penalty": 1.0}),
+    ]  # fmt: skip
+    for args, search in cases:
+        data = run_json(capsys, "generate", "Once upon", *model, *args)
+        assert data["strategy"]["search"] == search and not data["strategy"].get("processors")
+        if search["kind"] in ("best_of", "stochastic_beam"):  # the default strategy was greedy: the search samples
+            assert data["strategy"]["selector"]["kind"] == "sample"
+        strategy = decoders.Strategy.model_validate(data["strategy"])
+        seed = 2 if "--seed" in args else None
+        expected = decoders.generate("Once upon", strategy, model=loaded, max_new_tokens=5, seed=seed)
+        assert data["results"][0]["generated_ids"] == expected[0].generated_ids
+    code, _, err = run(capsys, "generate", "hi", *model, "--penalty-alpha", "0.6", "--n", "2")
+    assert code == 2 and "belong to different searches" in err
+    data = run_json(capsys, "compare", "Once upon", *model, "-s", "contrastive", "-s", "stochastic_beam", "-s", "greedy")
+    assert [r["strategy"] for r in data["results"]] == ["contrastive", "stochastic_beam", "greedy"]

@@ -364,7 +364,7 @@ def test_chat_applies_the_template(gpt2):
         ("", {}, r"the prompt is empty"),
         (["Once", ""], {}, r"prompt 1 is empty"),
         ([], {}, r"no prompts"),
-        ("Once " * 130, {}, r"has \d+ tokens.*context length of 128.*shorten the prompt"),
+        ("Once " * 130, {}, r"has \d+ tokens.*context length of 128.*the prompt alone fills the context: shorten it by at least \d+ tokens"),
         (
             "Once",
             {"max_new_tokens": 128},
@@ -374,6 +374,14 @@ def test_chat_applies_the_template(gpt2):
         (["a", "b", "c"], {"seed": [1, 2]}, r"2 seeds for 3 prompts.*one seed per prompt"),
         ("Once", {"stop": ["", "x"]}, r"stop strings must be non-empty"),
         ("Once", {"chat": True}, r"chat template"),
+        ("Once", {"seed": 2**64}, r"seed must be from 0 to 2\*\*64 - 1"),
+        ("Once", {"seed": "abc"}, r"seed must be a whole number or a list of them, got 'abc'"),
+        ("Once", {"seed": 1.5}, r"seed must be a whole number, got 1.5"),
+        (["a", "b"], {"seed": [1, True]}, r"seed 1 must be a whole number, got True"),
+        (None, {}, r"prompts must be a string or a list of strings, got NoneType"),
+        (b"hello", {}, r"the prompt is bytes, not text: decode it first"),
+        (["a", b"b"], {}, r"prompt 1 is bytes"),
+        ("caf\udce9", {}, r"the prompt is not valid text: character 3 is an undecodable byte"),
     ],
 )
 def test_bad_input_is_a_clear_generation_error(gpt2, prompts, options, words):

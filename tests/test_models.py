@@ -277,14 +277,16 @@ def test_embedded_cache_is_written_then_read(fake_wheel, tiny_gguf, monkeypatch)
         )
 
 
-def test_broken_embedded_cache_is_rebuilt(fake_wheel):
+def test_broken_embedded_cache_is_rebuilt(fake_wheel, caplog):
     _, root = fake_wheel
     text = "Once upon a time"
     expected = logits(load_model(), text)
     weights = next(root.glob("*/model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
     clear_model_cache()
-    assert torch.equal(logits(load_model(), text), expected)
+    with caplog.at_level("WARNING", logger="decoders.models"):
+        assert torch.equal(logits(load_model(), text), expected)
+    assert f"{weights.parent} cannot be used: model.safetensors is corrupt" in caplog.text  # (more in test_cache.py)
 
 
 def test_interrupted_first_load_leaves_no_cache(fake_wheel, monkeypatch):
@@ -341,6 +343,19 @@ def test_embedded_first_load_creates_the_cache(embedded_cache):
     assert loaded.tokenizer.eos_token == "<|im_end|>" and 2 in loaded.eos_token_ids
     assert loaded.context_length == 8192 and loaded.vocab_size == 49152
     assert loaded.tokenizer.pad_token is not None and loaded.tokenizer.chat_template
+
+
+@pytest.mark.embedded
+@needs_wheel
+def test_embedded_cache_is_listed_with_its_checksums(embedded_cache):
+    from decoders.models import MANIFEST, cache_entries
+
+    root, _ = embedded_cache
+    (entry,) = cache_entries()
+    assert entry.path.parent == root and entry.model == EMBEDDED_NAME and entry.status == "checksummed"
+    assert entry.size > 500_000_000 and entry.source.startswith("SmolLM2-135M-Instruct")
+    manifest = json.loads((entry.path / MANIFEST).read_text())
+    assert manifest["files"]["model.safetensors"]["size"] == (entry.path / "model.safetensors").stat().st_size
 
 
 @pytest.mark.embedded

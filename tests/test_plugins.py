@@ -74,6 +74,29 @@ def test_broken_and_clashing_plugins_are_reported_by_name_and_others_load(instal
     assert registry.processors["test_boost"].plugin == "test_good"
 
 
+def test_a_misspelled_hook_is_reported_and_its_plugin_skipped(installed_plugin):
+    with pytest.warns(PluginWarning) as caught:
+        registry = build_registry()
+    [problem] = [str(w.message) for w in caught if "test_misspelled" in str(w.message)]
+    assert "decoders_register_processor" in problem and "decoders_register_processors" in problem  # the spelling to use
+    assert "test_unseen" not in registry.processors
+    assert "test_misspelled" not in [p.name for p in registry.plugins]
+
+
+def test_plugins_add_presets_and_generation_config_fields(installed_plugin):
+    import warnings
+
+    boosted = decoders.Strategy.from_preset("test_boosted")
+    assert boosted.description == "always token 2 (test plugin)" and boosted.processors[0].kind == "test_boost"
+    assert decoders.Strategy.resolve("test_boosted") == boosted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plugin's field is used, so nothing is reported as ignored
+        converted = decoders.Strategy.from_generation_config({"repetition_penalty": 1.2, "test_boost_token": 3})
+    assert [(p.kind, getattr(p, "token_id", None)) for p in converted.processors] == [
+        ("repetition_penalty", None), ("test_boost", 3)
+    ]
+
+
 def test_environment_switch_disables_autoloading(installed_plugin, monkeypatch):
     monkeypatch.setenv("DECODERS_DISABLE_PLUGINS", "1")
     registry = build_registry()
@@ -88,6 +111,10 @@ def test_cli_lists_plugin_kinds_with_their_plugin(installed_plugin):
     assert by_kind["test_boost"]["plugin"] == "test_good" and by_kind["test_boost"]["role"] == "processor"
     assert by_kind["test_lowest"]["role"] == "selector"
     assert by_kind["temperature"]["plugin"] == "decoders (built-in)"
+    assert by_kind["test_boosted"] == {
+        "kind": "test_boosted", "role": "preset", "plugin": "test_good", "description": "always token 2 (test plugin)"
+    }  # fmt: skip
+    assert {"name": "test_good", "distribution": "decoders-test-plugin", "version": "0.0.1"} in listing["plugins"]
     assert any("test_broken" in p for p in listing["problems"])
     for command in (["plugins"], ["schema"]):  # every command reports each problem once, as one clean line
         result = subprocess.run(["decoders", *command], capture_output=True, text=True, env=env, check=True)
@@ -109,7 +136,7 @@ def test_plugin_registered_in_code_and_a_non_config_registration_is_reported():
     with pytest.warns(PluginWarning, match="not a subclass of decoders.ProcessorConfig"):
         registry = decoders.register_plugin(Plugin(), "in_code")
     try:
-        assert "in_code" in registry.plugins
+        assert "in_code" in [plugin.name for plugin in registry.plugins]
     finally:
         decoders.unregister_plugin("in_code")
 

@@ -120,20 +120,67 @@ def test_bad_strategy_names_the_strategy(quality, tmp_path, tiny_gpt2_dir):
 
 def test_ray_missing_says_how_to_install(quality, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(SystemExit, match="pip install ray"):
+    with pytest.raises(SystemExit, match=r"pip install 'decoders-lab\[ray\]'"):
         quality._ray_runner(None)
 
 
-def test_ray_gives_the_local_results(quality, tmp_path, tiny_gpt2_dir):
-    ray = pytest.importorskip("ray")
+def test_plots_missing_say_how_to_install(quality, monkeypatch):
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(SystemExit, match=r"plots need matplotlib.*pip install 'decoders-lab\[plots\]'"):
+        quality._pyplot()
+
+
+# the run takes 12-30 s on 2 (shared) cores; past this the test fails instead of hanging (Ray reports the
+# interrupted wait as a SystemError caused by RayTimeout)
+RAY_TIMEOUT_S = 240
+
+
+class RayTimeout(Exception):
+    pass
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """A local Ray for one test: 2 CPUs, a small object store, no dashboard, no usage stats, loopback only.
+
+    Started here (so the runner's own ``ray.init`` is skipped), stopped at the end, and bounded in time: the
+    test fails after RAY_TIMEOUT_S instead of hanging.
+    """
+    ray = pytest.importorskip("ray", reason="Ray is not installed (a large wheel): pip install 'decoders-lab[ray]'")
+    import signal
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # never join a cluster that happens to be running
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's single-machine mode (its default on macOS and Windows): every process listens on 127.0.0.1 only.
+    # The variable reaches Ray's own Python processes; the driver read it when ray was imported, so set it too.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False, raising=False)
+
+    def expire(signum, frame):
+        raise RayTimeout(f"the Ray run took more than {RAY_TIMEOUT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(RAY_TIMEOUT_S)
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(num_cpus=2, object_store_memory=128 * 1024**2, include_dashboard=False, log_to_driver=False)
+        yield ray
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        ray.shutdown()
+
+
+def test_ray_gives_the_local_results(quality, tmp_path, tiny_gpt2_dir, local_ray):
     records = {}
     for side, runner in (("local", quality._local_runner), ("ray", quality._ray_runner(None))):
         (tmp_path / side).mkdir()
         config, strategies = quality.load_config(write_config(tmp_path / side, tiny_gpt2_dir, seeds="[0]"))
-        try:
-            records[side] = quality.run_units(config, quality.plan_units(config, strategies), runner)
-        finally:
-            ray.shutdown()
+        records[side] = quality.run_units(config, quality.plan_units(config, strategies), runner)
+    assert local_ray.is_initialized()  # the units ran on the bounded Ray started above, not on a new one
+    assert [node["NodeManagerAddress"] for node in local_ray.nodes()] == ["127.0.0.1"]
     assert len(records["ray"]) == len(records["local"]) == 10
     for ours, theirs in zip(records["local"], records["ray"]):
         assert theirs["unit"] == ours["unit"]

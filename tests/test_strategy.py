@@ -8,7 +8,8 @@ from transformers import GenerationConfig
 
 import decoders
 from decoders import Strategy, StrategyError
-from decoders.strategy import COMPARE_PRESETS, PRESETS
+from decoders import PRESETS
+from decoders.strategy import COMPARE_PRESETS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -110,9 +111,20 @@ def test_from_generation_config_builds_the_chain_transformers_builds(fields):
 
 
 def test_from_generation_config_names_ignored_fields():
-    with pytest.warns(UserWarning, match="num_beam_groups"):
-        Strategy.from_generation_config(GenerationConfig(do_sample=False, num_beams=4, num_beam_groups=2, diversity_penalty=1.0))
+    with pytest.warns(UserWarning, match="dola_layers"):
+        Strategy.from_generation_config(GenerationConfig(do_sample=False, num_beams=4, dola_layers="high"))
     with pytest.warns(UserWarning, match=r"length_penalty \(num_beams is 1\)"):
         Strategy.from_generation_config({"length_penalty": 2.0})
     with pytest.raises(StrategyError, match="top_k \\(do_sample is off\\)"):
         Strategy.from_generation_config({"do_sample": False, "top_k": 3}, strict=True)
+
+
+def test_from_generation_config_maps_the_searches():
+    diverse = Strategy.from_generation_config({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5})
+    assert diverse.search.model_dump() == {
+        "kind": "beam", "num_beams": 4, "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
+        "num_beam_groups": 2, "diversity_penalty": 0.5,
+    }  # fmt: skip
+    contrastive = Strategy.from_generation_config({"penalty_alpha": 0.6, "top_k": 4}, strict=True)
+    assert contrastive.search.model_dump() == {"kind": "contrastive", "penalty_alpha": 0.6, "top_k": 4}
+    assert contrastive.processors == [] and contrastive.selector.kind == "greedy"

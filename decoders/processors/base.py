@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+#: the value of a removed token
+NEG_INF = float("-inf")
+
 
 def check_parameter(ok: bool, name: str, value: Any, rule: str, advice: str = "") -> None:
     """Raise ``ValueError("<name> must be <rule>, got <value>; <advice>")`` unless ``ok``.
@@ -132,8 +135,9 @@ class Processor:
     will call a protocol method refuses, when the chain is built, a stateful processor that lacks it.
     """
 
-    #: the config ``kind`` this processor was built from (set by subclasses)
-    kind: str = "processor"
+    #: the ``kind`` of the config this processor was built from (set by :meth:`ComponentConfig.create`; a
+    #: processor made directly is labelled with its class name)
+    kind: str = "Processor"
     #: whether :meth:`process_candidates` is implemented
     supports_candidates: bool = False
     #: whether the rule maps each value on its own, preserving order (the chain may then run a following
@@ -175,9 +179,15 @@ class Processor:
         """Whether the state protocol's ``method`` (``"reorder"``) is safe to call: implemented, or not needed."""
         return not self.stateful or getattr(type(self), method) is not getattr(Processor, method)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
+
     def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         return self.process(input_ids, logits)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "context")
+        hidden = ("context", "kind")
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in hidden)
         return f"{type(self).__name__}({params})"

@@ -7,9 +7,8 @@ from collections import defaultdict
 
 import torch
 
-from decoders.processors.base import Processor, check_parameter, is_count
+from decoders.processors.base import NEG_INF, Processor, check_parameter, is_count
 
-NEG_INF = float("-inf")
 
 
 def _check_ids(what: str, ids: torch.Tensor, vocab_size: int) -> None:
@@ -33,7 +32,6 @@ class MinNewTokens(Processor):
         tensor([[-inf, 0., 0.]])
     """
 
-    kind = "min_new_tokens"
     supports_candidates = True
 
     def __init__(self, min_new_tokens: int, eos_token_id: int | list[int] | None = None):
@@ -89,7 +87,6 @@ class LogitBias(Processor):
         tensor([[0., 2., 0.]])
     """
 
-    kind = "logit_bias"
     supports_candidates = True
 
     def __init__(self, logit_bias: dict[int, float]):
@@ -129,7 +126,6 @@ class BadWords(Processor):
         tensor([[0., -inf, -inf]])
     """
 
-    kind = "bad_words"
     supports_candidates = True
 
     def __init__(self, bad_words_ids: list[list[int]]):

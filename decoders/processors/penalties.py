@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from decoders.processors.base import Processor, check_parameter, is_count, is_real
+from decoders.processors.base import NEG_INF, Processor, check_parameter, is_count, is_real
 
-NEG_INF = float("-inf")
 
 
 def _membership(candidate_ids: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
@@ -30,7 +29,6 @@ class RepetitionPenalty(Processor):
         tensor([[ 1., -4.,  2.]])
     """
 
-    kind = "repetition_penalty"
     supports_candidates = True
 
     def __init__(self, repetition_penalty: float):
@@ -77,7 +75,6 @@ class PresenceFrequency(Processor):
         tensor([[ 0.,  0., -2.]])
     """
 
-    kind = "presence_frequency"
     supports_candidates = True
 
     def __init__(self, presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_last_n: int | None = None):
@@ -124,7 +121,6 @@ class NoRepeatNGram(Processor):
         tensor([[0., -inf, 0.]])
     """
 
-    kind = "no_repeat_ngram"
     supports_candidates = True
 
     def __init__(self, no_repeat_ngram_size: int):

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from decoders.processors.base import NEG_INF
+
 BLOCK = 64
-NEG_INF = float("-inf")
 
 
 def largest(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from decoders.processors.base import Candidates, Processor, check_parameter, is_count, is_real
+from decoders.processors.base import NEG_INF, Candidates, Processor, check_parameter, is_count, is_real
 from decoders.processors.selection import aligned_scatter, aligned_tail_row, largest
 
-NEG_INF = float("-inf")
 #: vocabularies at least this large get the fast candidate paths of top-p and min-p used without top-k
 FAST_VOCAB = 4096
 #: top-p without top-k: a row whose cut lies this close to 1 - top_p is decided by the dense rule
@@ -72,7 +71,6 @@ class Temperature(ValueProcessor):
         tensor([[2., 4.]])
     """
 
-    kind = "temperature"
     keeps_order = True
     elementwise_monotone = True
 
@@ -99,7 +97,6 @@ class TopK(ValueProcessor):
         tensor([[-inf, 3., -inf, 3.]])
     """
 
-    kind = "top_k"
     keeps_order = True
 
     def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
@@ -153,7 +150,6 @@ class TopP(ValueProcessor):
         tensor([[-0.6931, -1.2040,    -inf]])
     """
 
-    kind = "top_p"
     keeps_order = True
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
@@ -263,7 +259,6 @@ class MinP(ValueProcessor):
         tensor([[-0.6931, -1.2040,    -inf]])
     """
 
-    kind = "min_p"
     keeps_order = True
     candidate_rows = "aligned"  # a softmax, a max and a top-k: see ValueProcessor
 
@@ -318,7 +313,6 @@ class TypicalP(ValueProcessor):
         tensor([[   -inf, -1.2040,    -inf]])
     """
 
-    kind = "typical_p"
     candidate_rows = "dense"  # the entropy is a general sum over the row
 
     def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
@@ -360,7 +354,6 @@ class EpsilonCutoff(ValueProcessor):
         tensor([[-0.6931, -1.2040,    -inf]])
     """
 
-    kind = "epsilon_cutoff"
     keeps_order = True
     candidate_rows = "aligned"  # a softmax and a top-k: see ValueProcessor
 
@@ -392,7 +385,6 @@ class EtaCutoff(ValueProcessor):
         tensor([[-0.6931, -1.2040, -1.6094]])
     """
 
-    kind = "eta_cutoff"
     keeps_order = True
     candidate_rows = "dense"  # the entropy is a general sum over the row
 
@@ -432,7 +424,6 @@ class TopNSigma(ValueProcessor):
         tensor([[-inf, 1., 2., 3.]])
     """
 
-    kind = "top_n_sigma"
     keeps_order = True
     candidate_rows = "dense"  # mean and deviation are general sums over the row
 

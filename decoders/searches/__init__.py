@@ -1,18 +1,28 @@
 """Searches: the third pluggable kind, deciding which sequences continue (see :mod:`decoders.searches.base`)."""
 
-from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun, processed_log_probs
+from decoders.searches.base import LogprobBuffer, Outcome, RowTracker, Search, SearchJob, SearchRun, processed_log_probs
 from decoders.searches.beam import BeamConfig, BeamSearch
+from decoders.searches.best_of import BestOfConfig, BestOfSearch
+from decoders.searches.contrastive import ContrastiveConfig, ContrastiveSearch
 from decoders.searches.single import SingleConfig, SingleSearch
+from decoders.searches.stochastic_beam import StochasticBeamConfig, StochasticBeamSearch
 
 __all__ = [
     "BeamConfig",
     "BeamSearch",
+    "BestOfConfig",
+    "BestOfSearch",
+    "ContrastiveConfig",
+    "ContrastiveSearch",
     "LogprobBuffer",
     "Outcome",
+    "RowTracker",
     "Search",
     "SearchJob",
     "SearchRun",
     "SingleConfig",
     "SingleSearch",
+    "StochasticBeamConfig",
+    "StochasticBeamSearch",
     "processed_log_probs",
 ]

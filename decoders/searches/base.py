@@ -20,10 +20,11 @@ import torch
 from decoders.chain import Chain, Scores
 from decoders.errors import StrategyError
 from decoders.processors.base import Candidates
-from decoders.results import Hypothesis, StepEvent, StepLogprobs, TokenLogprob
+from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs, TokenLogprob
+from decoders.selectors import Selector
 from decoders.session import ModelSession
 from decoders.text import DECODE, RowText
-from decoders.trace import BeamStepRecord, StepRecord
+from decoders.trace import BeamStepRecord, StepRecord, step_records
 
 
 @dataclass
@@ -97,23 +98,30 @@ class Search:
 
     Class attributes say what the search needs, so that it fails when the strategy is built, not mid-run:
     ``requires`` lists the processor state methods it calls beside ``reset``/``accept`` (``"reorder"`` for
-    searches that fork or drop rows), ``streams`` whether :func:`decoders.stream` can show its tokens as they
-    are chosen, ``stop_strings`` whether it honours stop strings, and ``selectors`` the selector kinds it
-    works with (None: any).
+    searches that fork or drop rows), ``selector_methods`` the selector methods it calls beside ``select``
+    (``"select_many"`` for beams), ``streams`` whether :func:`decoders.stream` can show its tokens as they
+    are chosen, and ``stop_strings`` whether it honours stop strings.
     """
 
-    kind: str = "search"
+    #: the ``kind`` of the config this search was built from (its class name when made directly)
+    kind: str = "Search"
     requires: tuple[str, ...] = ()
+    selector_methods: tuple[str, ...] = ()
     streams: bool = True
     stop_strings: bool = True
-    selectors: tuple[str, ...] | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
 
     def check(self, chain: Chain) -> None:
         """Raise :class:`StrategyError` if ``chain`` cannot be used with this search."""
-        if self.selectors is not None and chain.selector.kind not in self.selectors:
+        missing = [m for m in self.selector_methods if getattr(type(chain.selector), m) is getattr(Selector, m)]
+        if missing:
             raise StrategyError(
-                f"the '{self.kind}' search works with the {' or '.join(repr(s) for s in self.selectors)} selector, "
-                f"not '{chain.selector.kind}'"
+                f"the '{self.kind}' search needs a selector with {' and '.join(m + '(...)' for m in missing)} "
+                f"(greedy and sample have it), which '{chain.selector.kind}' does not implement"
             )
         chain.require(self.requires, self.kind)
 
@@ -121,7 +129,7 @@ class Search:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "kind")
         return f"{type(self).__name__}({params})"
 
 
@@ -189,3 +197,116 @@ def step_logprobs(ids: list[int], raw: list[float], processed: list[float], job:
         for i, r, p in zip(ids, raw, processed)
     ]
     return StepLogprobs(chosen=tokens[0], top=tokens[1:])
+
+
+class RowTracker:
+    """The bookkeeping of searches that give each row one token per step (single, contrastive, best-of).
+
+    It follows every row's text (for streaming and stop strings), ends rows at EOS, a stop string or
+    ``max_new_tokens``, sums each row's score (the log-probability of its tokens under the processed
+    distribution), keeps traces and log-probabilities when asked, and makes the step events and outcomes.
+
+    Args:
+        job: the search's job.
+        rows: the number of rows (one hypothesis each).
+
+    Example:
+        >>> tracker = RowTracker(job, session.rows)  # doctest: +SKIP
+        >>> tokens = tracker.hold_finished(chain.choose(scores, job.generators))  # doctest: +SKIP
+        >>> event = tracker.record(step, logits, scores, tokens)  # doctest: +SKIP
+    """
+
+    def __init__(self, job: SearchJob, rows: int):
+        self.job, self.rows = job, rows
+        device = job.session.device
+        self.finished = [False] * rows
+        self.finished_mask = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.reasons: list[FinishReason] = ["length"] * rows
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.scores = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.texts = [job.row_text() for _ in range(rows)] if job.texts or job.stops else None
+        self.records: list[list[StepRecord]] | None = [[] for _ in range(rows)] if job.trace else None
+        self.logprobs = (
+            LogprobBuffer(rows, job.max_new_tokens, job.logprobs, device) if job.logprobs is not None else None
+        )
+
+    @property
+    def done(self) -> bool:
+        return all(self.finished)
+
+    def observer(self, logits: torch.Tensor) -> tuple[list | None, Any]:
+        """``(stages, observer)`` for :meth:`Chain.run` when tracing (the model's logits first), else ``(None, None)``."""
+        if self.records is None:
+            return None, None
+        stages = [("model", logits)]
+        return stages, lambda index, processor, before, after: stages.append((processor.kind, after))
+
+    def hold_finished(self, tokens: torch.LongTensor) -> torch.LongTensor:
+        """``tokens`` with the padding id in the rows that have already finished."""
+        if any(self.finished):
+            return tokens.masked_fill(self.finished_mask, self.job.session.pad_id)
+        return tokens
+
+    def record(
+        self, step: int, logits: torch.Tensor, scores: Scores, tokens: torch.LongTensor, stages: list | None = None
+    ) -> StepEvent:
+        """Take step ``step``'s tokens (``[rows]``, chosen from ``scores``, made from the model's ``logits``)."""
+        job = self.job
+        chosen_log_probs = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1)
+        self.scores += chosen_log_probs.double().masked_fill(self.finished_mask, 0.0)
+        if self.logprobs is not None:
+            self.logprobs.write(step, *LogprobBuffer.measure(logits, scores, tokens, self.logprobs.n))
+        active = [row for row, done in enumerate(self.finished) if not done]
+        step_trace: list[StepRecord | None] | None = None
+        if self.records is not None and stages is not None:
+            step_trace = [None] * self.rows
+            for record in step_records(step, stages, tokens, job.tokenizer, rows=active, top=job.top):
+                step_trace[record.row] = record
+                self.records[record.row].append(record)
+        token_ids: list[int | None] = [None] * self.rows
+        new_texts = [""] * self.rows
+        chosen = tokens.tolist()
+        last_step = step == job.max_new_tokens - 1
+        for row in active:
+            token_ids[row] = token = chosen[row]
+            self.tokens[row].append(token)
+            text = self.texts[row] if self.texts else None
+            if text is not None:
+                text.push(token)
+            reason: FinishReason | None = None
+            if token in job.eos_token_ids:
+                reason = "eos"
+            elif text is not None and text.stop_at is not None:
+                reason = "stop"
+            elif last_step:
+                reason = "length"
+            if reason is not None:
+                self.finished[row], self.finished_mask[row], self.reasons[row] = True, True, reason
+                if text is not None and reason != "stop":
+                    text.flush()
+            if text is not None:
+                new_texts[row] = text.take(final=self.finished[row])
+        return StepEvent(step, token_ids, new_texts, list(self.finished), step_trace)
+
+    def hypotheses(self) -> list[Hypothesis]:
+        """Each row's hypothesis, in row order."""
+        job = self.job
+        texts = [t.final_text for t in self.texts] if self.texts else [job.decode(ids) for ids in self.tokens]
+        totals = self.scores.tolist()
+        return [
+            Hypothesis(
+                text=texts[row],
+                generated_ids=self.tokens[row],
+                score=totals[row],
+                finish_reason=self.reasons[row],
+                logprobs=None if self.logprobs is None else self.logprobs.records(row, len(self.tokens[row]), job),
+            )  # fmt: skip
+            for row in range(self.rows)
+        ]
+
+    def outcomes(self) -> list[Outcome]:
+        """One outcome per row, in row order."""
+        return [
+            Outcome([hypothesis], steps=None if self.records is None else self.records[row])
+            for row, hypothesis in enumerate(self.hypotheses())
+        ]

@@ -1,4 +1,5 @@
-"""The ``llamacpp`` plugin: configs of xtc, dry, dynatemp and mirostat, registered through decoders' hook."""
+"""The ``llamacpp`` plugin: configs of xtc, dry, dynatemp and mirostat, a preset, and the GenerationConfig fields
+of xtc and dry, registered through decoders' hooks."""
 
 from __future__ import annotations
 
@@ -74,3 +75,40 @@ CONFIGS = (XTCConfig, DRYConfig, DynaTempConfig, MirostatConfig)
 def decoders_register_processors(register):
     for config in CONFIGS:
         register(config)
+
+
+#: a creative-writing chain in the spirit of llama.cpp front ends: DRY against loops, XTC against clichés
+PRESETS = {
+    "llama_cpp_creative": {
+        "description": "llama.cpp creative writing: DRY 0.8, min-p 0.05, XTC 0.1 / 0.5, temperature 1.0",
+        "processors": [
+            {"kind": "dry", "dry_multiplier": 0.8},
+            {"kind": "min_p", "min_p": 0.05},
+            {"kind": "xtc", "xtc_threshold": 0.1, "xtc_probability": 0.5},
+        ],
+        "selector": {"kind": "sample"},
+    }
+}
+#: GenerationConfig fields (llama.cpp's names, set as custom attributes) → the kind they configure
+FIELDS = {
+    "xtc": ("xtc_threshold", "xtc_probability"),
+    "dry": ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers"),
+}
+
+
+@decoders.hookimpl
+def decoders_register_presets(register):
+    for name, strategy in PRESETS.items():
+        register(name, strategy)
+
+
+@decoders.hookimpl
+def decoders_generation_config(fields):
+    """XTC and DRY from a GenerationConfig that carries llama.cpp's field names (DRY first, as llama.cpp orders them)."""
+    used, processors = [], []
+    for kind in ("dry", "xtc"):
+        present = {name: fields[name] for name in FIELDS[kind] if name in fields}
+        if present:
+            used += list(present)
+            processors.append({"kind": kind, **present})
+    return (used, processors) if processors else None

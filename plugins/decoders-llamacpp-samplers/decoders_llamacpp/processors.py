@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import torch
 
 import decoders
+from decoders import check_parameter as check
+from decoders import is_count, is_real
 
-NEG_INF = float("-inf")
+NEG_INF = decoders.NEG_INF
 LN2 = math.log(2.0)
 #: log of the largest float32: DRY clamps ``base ** exponent`` below it, as llama.cpp does
 FLOAT_MAX_LOG = 88.7228391
@@ -95,16 +97,15 @@ class XTC(_RowRule):
         tensor([[   -inf, -1.2040, -1.8971, -2.9957]])
     """
 
-    kind = "xtc"
     keeps_order = True  # removes the largest values: the rest stays in order (-inf entries are padding)
 
     def __init__(self, xtc_threshold: float, xtc_probability: float, min_tokens_to_keep: int = 1):
-        if not (isinstance(xtc_threshold, int | float) and 0 < xtc_threshold <= 0.5):
-            raise ValueError(f"xtc_threshold must be in (0, 0.5], got {xtc_threshold!r}")
-        if not (isinstance(xtc_probability, int | float) and 0 < xtc_probability <= 1):
-            raise ValueError(f"xtc_probability must be in (0, 1], got {xtc_probability!r}; to turn XTC off leave it out")
-        if isinstance(min_tokens_to_keep, bool) or not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
-            raise ValueError(f"min_tokens_to_keep must be an integer ≥ 1, got {min_tokens_to_keep!r}")
+        check(is_real(xtc_threshold) and 0 < xtc_threshold <= 0.5, "xtc_threshold", xtc_threshold, "in (0, 0.5]")
+        check(
+            is_real(xtc_probability) and 0 < xtc_probability <= 1, "xtc_probability", xtc_probability, "in (0, 1]",
+            "to turn XTC off leave it out",
+        )  # fmt: skip
+        check(is_count(min_tokens_to_keep, 1), "min_tokens_to_keep", min_tokens_to_keep, "an integer ≥ 1")
         self.xtc_threshold = float(xtc_threshold)
         self.xtc_probability = float(xtc_probability)
         self.min_tokens_to_keep = int(min_tokens_to_keep)
@@ -144,16 +145,17 @@ class DynamicTemperature(_RowRule):
         tensor([[0., 0.]])
     """
 
-    kind = "dynatemp"
     keeps_order = True
 
     def __init__(self, temperature: float, dynatemp_range: float = 0.0, dynatemp_exponent: float = 1.0):
-        if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}; for 0 use the greedy selector")
-        if not (isinstance(dynatemp_range, int | float) and math.isfinite(dynatemp_range) and dynatemp_range >= 0):
-            raise ValueError(f"dynatemp_range must be a finite number ≥ 0, got {dynatemp_range!r}")
-        if not (isinstance(dynatemp_exponent, int | float) and math.isfinite(dynatemp_exponent) and dynatemp_exponent > 0):
-            raise ValueError(f"dynatemp_exponent must be a finite number > 0, got {dynatemp_exponent!r}")
+        check(
+            is_real(temperature) and temperature > 0, "temperature", temperature, "a finite number > 0",
+            "for 0 use the greedy selector",
+        )  # fmt: skip
+        check(is_real(dynatemp_range) and dynatemp_range >= 0, "dynatemp_range", dynatemp_range, "a finite number ≥ 0")
+        check(
+            is_real(dynatemp_exponent) and dynatemp_exponent > 0, "dynatemp_exponent", dynatemp_exponent, "a finite number > 0"
+        )
         self.temperature = float(temperature)
         self.dynatemp_range = float(dynatemp_range)
         self.dynatemp_exponent = float(dynatemp_exponent)
@@ -206,14 +208,11 @@ class MirostatV2(_RowRule):
         mirostat_eta: learning rate, > 0 (llama.cpp default 0.1).
     """
 
-    kind = "mirostat"
     keeps_order = True
 
     def __init__(self, mirostat_tau: float, mirostat_eta: float):
-        if not (isinstance(mirostat_tau, int | float) and math.isfinite(mirostat_tau) and mirostat_tau > 0):
-            raise ValueError(f"mirostat_tau must be a finite number > 0, got {mirostat_tau!r}")
-        if not (isinstance(mirostat_eta, int | float) and math.isfinite(mirostat_eta) and mirostat_eta > 0):
-            raise ValueError(f"mirostat_eta must be a finite number > 0, got {mirostat_eta!r}")
+        check(is_real(mirostat_tau) and mirostat_tau > 0, "mirostat_tau", mirostat_tau, "a finite number > 0")
+        check(is_real(mirostat_eta) and mirostat_eta > 0, "mirostat_eta", mirostat_eta, "a finite number > 0")
         self.mirostat_tau = float(mirostat_tau)
         self.mirostat_eta = float(mirostat_eta)
         self._mu: torch.Tensor | None = None
@@ -361,7 +360,6 @@ class DRY(decoders.Processor):
         dry_sequence_breakers: strings; default llama.cpp's ``["\\n", ":", "\\"", "*"]``.
     """
 
-    kind = "dry"
     supports_candidates = True
 
     def __init__(
@@ -372,18 +370,20 @@ class DRY(decoders.Processor):
         dry_penalty_last_n: int | None = None,
         dry_sequence_breakers: Sequence[str] = ("\n", ":", '"', "*"),
     ):
-        if not (isinstance(dry_multiplier, int | float) and math.isfinite(dry_multiplier) and dry_multiplier > 0):
-            raise ValueError(f"dry_multiplier must be a finite number > 0, got {dry_multiplier!r}; to turn DRY off leave it out")
-        if not (isinstance(dry_base, int | float) and math.isfinite(dry_base) and dry_base >= 1):
-            raise ValueError(f"dry_base must be a finite number ≥ 1, got {dry_base!r}")
-        if isinstance(dry_allowed_length, bool) or not isinstance(dry_allowed_length, int) or dry_allowed_length < 1:
-            raise ValueError(f"dry_allowed_length must be an integer ≥ 1, got {dry_allowed_length!r}")
-        if dry_penalty_last_n is not None and (
-            isinstance(dry_penalty_last_n, bool) or not isinstance(dry_penalty_last_n, int) or dry_penalty_last_n < 1
-        ):
-            raise ValueError(f"dry_penalty_last_n must be an integer ≥ 1 or None (all tokens), got {dry_penalty_last_n!r}")
-        if isinstance(dry_sequence_breakers, str) or any(not isinstance(b, str) or not b for b in dry_sequence_breakers):
-            raise ValueError(f"dry_sequence_breakers must be a list of non-empty strings, got {dry_sequence_breakers!r}")
+        check(
+            is_real(dry_multiplier) and dry_multiplier > 0, "dry_multiplier", dry_multiplier, "a finite number > 0",
+            "to turn DRY off leave it out",
+        )  # fmt: skip
+        check(is_real(dry_base) and dry_base >= 1, "dry_base", dry_base, "a finite number ≥ 1")
+        check(is_count(dry_allowed_length, 1), "dry_allowed_length", dry_allowed_length, "an integer ≥ 1")
+        check(
+            dry_penalty_last_n is None or is_count(dry_penalty_last_n, 1), "dry_penalty_last_n", dry_penalty_last_n,
+            "an integer ≥ 1 or None (all tokens)",
+        )  # fmt: skip
+        check(
+            not isinstance(dry_sequence_breakers, str) and all(isinstance(b, str) and b for b in dry_sequence_breakers),
+            "dry_sequence_breakers", dry_sequence_breakers, "a list of non-empty strings",
+        )  # fmt: skip
         self.dry_multiplier = float(dry_multiplier)
         self.dry_base = float(dry_base)
         self.dry_allowed_length = int(dry_allowed_length)

@@ -204,3 +204,19 @@ def test_stateful_kinds_run_under_beam_sampling(tiny_model):
     again = decoders.generate(["Once upon", "The"], strategy, model=tiny_model, max_new_tokens=8, seed=4)
     assert [[h.generated_ids for h in r.alternatives] for r in first] == [[h.generated_ids for h in r.alternatives] for r in again]
     assert all(len(r.alternatives) == 2 for r in first)
+
+
+def test_the_plugin_adds_a_preset_and_reads_its_generation_config_fields(tiny_model):
+    import warnings
+
+    creative = decoders.Strategy.from_preset("llama_cpp_creative")
+    assert [p.kind for p in creative.processors] == ["dry", "min_p", "xtc"] and creative.description
+    assert decoders.generate("Once upon", "llama_cpp_creative", model=tiny_model, max_new_tokens=4, seed=0).generated_ids
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=True, top_k=40, xtc_threshold=0.1, xtc_probability=0.5, dry_multiplier=0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every field is understood: nothing reported as ignored
+        converted = decoders.Strategy.from_generation_config(config)
+    assert [p.kind for p in converted.processors] == ["top_k", "dry", "xtc"]
+    assert converted.processors[2].xtc_probability == 0.5

@@ -56,3 +56,18 @@ def decoders_register_processors(register):
 @decoders.hookimpl
 def decoders_register_selectors(register):
     register(LowestIdConfig)
+
+
+@decoders.hookimpl
+def decoders_register_presets(register):
+    register(
+        "test_boosted",
+        {"description": "always token 2 (test plugin)", "processors": [{"kind": "test_boost", "token_id": 2, "amount": 50.0}]},
+    )
+
+
+@decoders.hookimpl
+def decoders_generation_config(fields):
+    if "test_boost_token" not in fields:
+        return None
+    return ["test_boost_token"], [{"kind": "test_boost", "token_id": fields["test_boost_token"], "amount": 100.0}]
