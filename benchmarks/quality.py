@@ -188,8 +188,9 @@ def _slug(name: str) -> str:
 
 
 def _identity(strategy: decoders.Strategy) -> dict[str, Any]:
-    """The strategy as data, without the default search (so units from before searches existed keep their key)."""
-    spec = strategy.model_dump(mode="json")
+    """The strategy as data, as far as results depend on it: without its description, and without the default
+    search (so that units from before searches existed keep their key)."""
+    spec = strategy.model_dump(mode="json", exclude={"description"})
     if spec["search"] == decoders.SingleConfig().model_dump(mode="json"):
         del spec["search"]
     return spec

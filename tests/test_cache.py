@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoders.cli import main
 from decoders.errors import ModelLoadError
 from decoders.models import EMBEDDED_NAME, MANIFEST, cache_entries, clear_cache, clear_model_cache, load_model
 from tests import test_models
+from tests.test_cli import run
 from tests.test_models import logits
 
 tiny_gguf, fake_wheel = test_models.tiny_gguf, test_models.fake_wheel  # the tiny GGUF and its fake wheel
@@ -56,17 +56,6 @@ def overwrite_middle(path: Path, data: bytes) -> None:
         handle.seek(size // 2)
         handle.write(data)
     assert path.stat().st_size == size
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``decoders ARGS`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------- checksums
