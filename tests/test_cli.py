@@ -83,7 +83,7 @@ def test_generate_with_beam_search_and_logprobs(capsys, tiny_gpt2_dir):
     data = run_json(capsys, *args, "--search", "beam", "--num-beams", "3", "--num-return-sequences", "2",
                     "--length-penalty", "0.5", "--early-stopping", "never", "--logprobs", "2")  # fmt: skip
     assert data["strategy"]["search"] == {"kind": "beam", "num_beams": 3, "length_penalty": 0.5, "early_stopping": "never",
-                                          "num_return_sequences": 2}  # fmt: skip
+                                          "num_return_sequences": 2, "num_beam_groups": 1, "diversity_penalty": 0.0}  # fmt: skip
     strategy = decoders.Strategy.model_validate(data["strategy"])
     expected = decoders.generate(["Once upon", "a"], strategy, model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=6, logprobs=2)
     assert data["results"] == [r.model_dump(mode="json", exclude_none=True) for r in expected]
