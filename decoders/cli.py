@@ -497,6 +497,11 @@ def explain(
     if plot:
         from decoders.plotting import plot_stages
 
+        if result.beam_steps:
+            raise StrategyError(
+                f"--plot draws each stage of one chosen token; the '{chosen.search.kind}' search keeps several "
+                "hypotheses (shown above): plot without --search"
+            )
         written = plot_stages(result.steps or [], plot, title=f"{loaded.name}: {chosen.describe()}")
         error_console.print(f"wrote {written} ({len(result.steps or [])} steps, one row each)")
 

@@ -380,11 +380,13 @@ def _load_checked(folder: Path, dtype: torch.dtype, source: str, gguf_path: Path
     """The cached model when the cache is sound, else ``None`` and what is wrong with it.
 
     The files' CRC-32 are computed on a second thread while the model loads (the reads and zlib run without the
-    GIL), so checking adds little to a cached load when a second core is free. A cache without checksums (from
+    GIL), so checking adds little to a cached load when a second core is free; a file not written since its
+    CRC-32 last matched (same inode, size, modification and change time) is not read again. A cache without checksums (from
     an older decoders, which wrote it atomically) is trusted when every weight is finite and below
     :data:`_PLAUSIBLE_WEIGHT`, and given its checksums then; else it is rebuilt.
     """
     manifest = _read_manifest(folder)
+    original = json.loads(json.dumps(manifest))
     if manifest is None and (folder / MANIFEST).exists():
         return None, f"its checksum file {MANIFEST} is corrupt"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoders-checksum") as pool:
@@ -398,7 +400,14 @@ def _load_checked(folder: Path, dtype: torch.dtype, source: str, gguf_path: Path
         except (OSError, ValueError) as error:
             return None, f"its files cannot be read ({_cause(error)})"
     if manifest is not None:
-        return (loaded, "") if checked is None and loaded is not None else (None, checked or failure)
+        if checked is not None or loaded is None:
+            return None, checked or failure
+        if manifest != original:  # files were read again and matched: remember their signatures
+            try:
+                _write_manifest(folder, manifest["files"], gguf_path)
+            except OSError as error:
+                logger.debug("could not update the checksum file of %s: %s", folder, _cause(error))
+        return loaded, ""
     if loaded is None:
         return None, failure
     if not _plausible(loaded.model):
@@ -419,17 +428,28 @@ def _crc32(path: Path) -> str:
             return f"{zlib.crc32(view):08x}"
 
 
-def _checksums(folder: Path) -> dict[str, dict[str, int | str]]:
-    """The size and CRC-32 of each file in ``folder`` but the manifest (and hidden temporary files)."""
+def _signature(path: Path) -> list[int]:
+    """What changes whenever a file is written, replaced or copied: inode, size, modification and change times."""
+    status = path.stat()
+    return [status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+def _checksums(folder: Path) -> dict[str, dict[str, int | str | list[int]]]:
+    """The size, CRC-32 and stat signature of each file in ``folder`` but the manifest (and hidden temporary files)."""
     return {
-        path.name: {"size": path.stat().st_size, "crc32": _crc32(path)}
+        path.name: {"size": path.stat().st_size, "crc32": _crc32(path), "checked": _signature(path)}
         for path in sorted(folder.iterdir())
         if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")
     }
 
 
 def _verify(folder: Path, manifest: dict) -> str | None:
-    """``None`` when every file the manifest lists is in ``folder`` with its size and CRC-32, else what is not."""
+    """``None`` when every file the manifest lists is in ``folder`` with its size and CRC-32, else what is not.
+
+    A file whose stat signature is the one recorded when its CRC-32 last matched has not been written since, and
+    is not read again (that keeps a cached load fast); the CRC-32 of any other file is computed, and on a match
+    its new signature is recorded in ``manifest["files"]`` (the caller writes the manifest back).
+    """
     files = manifest.get("files")
     if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict) or not files:
         return f"its checksum file {MANIFEST} is corrupt"
@@ -441,8 +461,11 @@ def _verify(folder: Path, manifest: dict) -> str | None:
             return f"{name} is missing"
         if (size := path.stat().st_size) != expected.get("size"):
             return f"{name} is corrupt ({size} bytes, {expected.get('size')} expected)"
+        if expected.get("checked") == (signature := _signature(path)):
+            continue
         if _crc32(path) != expected.get("crc32"):
             return f"{name} is corrupt (its CRC-32 does not match the one written with it)"
+        expected["checked"] = signature
     return None
 
 

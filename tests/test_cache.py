@@ -100,6 +100,25 @@ def test_corrupt_weights_are_detected_and_rebuilt(fake_wheel, conversions, caplo
     assert [entry.status for entry in cache_entries()] == ["checksummed"]
 
 
+def test_a_file_written_after_a_verified_load_is_checked_again(fake_wheel, conversions, caplog):
+    """Loads skip the CRC of files not written since it last matched; a write is seen even when the writer puts
+    the modification time back (the change time still moves)."""
+    _, root = fake_wheel
+    load_model()
+    clear_model_cache()
+    load_model()  # verified: every file's signature is recorded
+    folder = cached_folder(root)
+    weights = folder / "model.safetensors"
+    assert all("checked" in entry for entry in json.loads((folder / MANIFEST).read_text())["files"].values())
+    before = weights.stat()
+    overwrite_middle(weights, b"\x00" * 64)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    clear_model_cache()
+    with caplog.at_level(logging.WARNING, logger="decoders.models"):
+        load_model()
+    assert len(conversions) == 2 and "model.safetensors is corrupt" in caplog.text
+
+
 def test_a_corrupt_checksum_file_means_a_rebuild(fake_wheel, conversions, caplog):
     _, root = fake_wheel
     load_model()
