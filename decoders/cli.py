@@ -199,7 +199,7 @@ def flags_strategy(strategy: str | None, model_defaults: bool, loaded, **flags: 
 
 @app.command()
 def generate(
-    prompts: Annotated[list[str], typer.Argument(help="One or more prompts (a batch).", show_default=False)],
+    prompts: Annotated[list[str], typer.Argument(help="One or more prompts (a batch).", show_default=False, metavar="PROMPT")],
     model: ModelOption = None,
     strategy: StrategyOption = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
@@ -388,7 +388,7 @@ def candidates_json(candidates) -> list[dict]:
 
 @app.command()
 def explain(
-    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False)],
+    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False, metavar="PROMPT")],
     model: ModelOption = None,
     top: Annotated[int, typer.Option(min=1, help="How many candidates to show.")] = 10,
     steps: Annotated[int, typer.Option(min=0, help="How many tokens to generate step by step.")] = 5,
@@ -508,7 +508,7 @@ def explain(
 
 @app.command()
 def compare(
-    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False)],
+    prompt: Annotated[str, typer.Argument(help="The text to continue.", show_default=False, metavar="PROMPT")],
     model: ModelOption = None,
     strategies: Annotated[
         list[str] | None,
