@@ -26,6 +26,11 @@ def _values(scores: Scores) -> torch.Tensor:
     return scores.values if isinstance(scores, Candidates) else scores
 
 
+def dense(scores: Scores) -> torch.Tensor:
+    """The ``[B, V]`` scores a result of :meth:`Chain.run` stands for (a candidate set made dense)."""
+    return scores.to_dense() if isinstance(scores, Candidates) else scores
+
+
 def check_scores(scores: Scores, where: str) -> None:
     """Raise :class:`NonFiniteLogitsError` if a row has NaN, +inf, or no finite value left.
 
@@ -149,8 +154,7 @@ class Chain:
 
     def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         """Processed scores, dense ``[B, V]`` (``-inf`` for removed tokens)."""
-        scores = self.run(input_ids, logits)
-        return scores.to_dense() if isinstance(scores, Candidates) else scores
+        return dense(self.run(input_ids, logits))
 
     def choose(self, scores: Scores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
         """Run the selector on processed scores (dense or candidate set)."""

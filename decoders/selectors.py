@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from decoders.processors.base import Candidates
+from decoders.processors.base import Candidates, Component
 from decoders.processors.selection import first_argmax
 
 
-class Selector:
+class Selector(Component):
     """Base class: ``select(logits [B, V], generators) -> ids [B]`` (and the same on a candidate set)."""
-
-    #: the ``kind`` of the config this selector was built from (its class name when made directly)
-    kind: str = "Selector"
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "kind" not in cls.__dict__:
-            cls.kind = cls.__name__
 
     def select(self, logits: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
         raise NotImplementedError

@@ -121,7 +121,22 @@ class DecodeContext:
         return input_ids.masked_fill(columns < pads, filler)
 
 
-class Processor:
+class Component:
+    """What processors, selectors and searches share: a ``kind`` label.
+
+    The config that builds a component sets ``kind`` (:meth:`ComponentConfig.create`): the config is the one place
+    a kind is declared. A component made directly is labelled with its class name.
+    """
+
+    kind: str = "Component"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
+
+
+class Processor(Component):
     """Base class of logits processors.
 
     Subclasses implement :meth:`process` (dense). They may also implement :meth:`process_candidates`
@@ -135,9 +150,6 @@ class Processor:
     will call a protocol method refuses, when the chain is built, a stateful processor that lacks it.
     """
 
-    #: the ``kind`` of the config this processor was built from (set by :meth:`ComponentConfig.create`; a
-    #: processor made directly is labelled with its class name)
-    kind: str = "Processor"
     #: whether :meth:`process_candidates` is implemented
     supports_candidates: bool = False
     #: whether the rule maps each value on its own, preserving order (the chain may then run a following
@@ -178,11 +190,6 @@ class Processor:
     def supports(self, method: str) -> bool:
         """Whether the state protocol's ``method`` (``"reorder"``) is safe to call: implemented, or not needed."""
         return not self.stateful or getattr(type(self), method) is not getattr(Processor, method)
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "kind" not in cls.__dict__:
-            cls.kind = cls.__name__
 
     def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         return self.process(input_ids, logits)

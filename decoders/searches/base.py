@@ -19,7 +19,7 @@ import torch
 
 from decoders.chain import Chain, Scores
 from decoders.errors import StrategyError
-from decoders.processors.base import Candidates
+from decoders.processors.base import Candidates, Component
 from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs, TokenLogprob
 from decoders.selectors import Selector
 from decoders.session import ModelSession
@@ -93,7 +93,7 @@ class SearchJob:
         return text
 
 
-class Search:
+class Search(Component):
     """Base class of searches: ``run(job)`` yields step events and returns each prompt's ranked hypotheses.
 
     Class attributes say what the search needs, so that it fails when the strategy is built, not mid-run:
@@ -103,17 +103,10 @@ class Search:
     are chosen, and ``stop_strings`` whether it honours stop strings.
     """
 
-    #: the ``kind`` of the config this search was built from (its class name when made directly)
-    kind: str = "Search"
     requires: tuple[str, ...] = ()
     selector_methods: tuple[str, ...] = ()
     streams: bool = True
     stop_strings: bool = True
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "kind" not in cls.__dict__:
-            cls.kind = cls.__name__
 
     def check(self, chain: Chain) -> None:
         """Raise :class:`StrategyError` if ``chain`` cannot be used with this search."""

@@ -18,10 +18,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from decoders.chain import Chain
+from decoders.chain import Chain, dense
 from decoders.config import SearchConfig
 from decoders.errors import StrategyError
-from decoders.processors.base import Candidates
 from decoders.searches.base import RowTracker, Search, SearchJob, SearchRun
 from decoders.selectors import Greedy
 
@@ -77,8 +76,7 @@ class ContrastiveSearch(Search):
         for step in range(job.max_new_tokens):
             stages, observer = tracker.observer(logits)
             scores = chain.run(session.ids, logits, observer)
-            dense = scores.to_dense() if isinstance(scores, Candidates) else scores
-            top_probs, top_ids = torch.topk(dense.softmax(dim=-1), k, dim=-1)
+            top_probs, top_ids = torch.topk(dense(scores).softmax(dim=-1), k, dim=-1)
             session.select(every_row.repeat_interleave(k))
             session.append(top_ids.flatten())
             candidates = session.forward(hidden=True)

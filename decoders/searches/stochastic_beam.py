@@ -25,7 +25,6 @@ from pydantic import Field, model_validator
 from decoders.chain import Chain
 from decoders.config import SearchConfig
 from decoders.errors import StrategyError
-from decoders.processors.base import Candidates
 from decoders.results import Hypothesis
 from decoders.searches.base import Outcome, Search, SearchJob, SearchRun
 from decoders.selectors import Sample, row_gumbels
@@ -99,9 +98,7 @@ class StochasticBeamSearch(Search):
         for step in range(job.max_new_tokens):
             if step:
                 logits = session.forward().logits
-            scores = chain.run(session.ids, logits)
-            dense = scores.to_dense() if isinstance(scores, Candidates) else scores
-            children_phi = phi.view(-1, 1) + dense.double().log_softmax(dim=-1)
+            children_phi = phi.view(-1, 1) + chain.process(session.ids, logits).double().log_softmax(dim=-1)
             perturbed = children_phi + row_gumbels((prompts, k * vocab), job.generators, device).double().view(
                 -1, vocab
             )
