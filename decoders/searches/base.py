@@ -245,10 +245,13 @@ class RowTracker:
     ) -> StepEvent:
         """Take step ``step``'s tokens (``[rows]``, chosen from ``scores``, made from the model's ``logits``)."""
         job = self.job
-        chosen_log_probs = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1)
-        self.scores += chosen_log_probs.double().masked_fill(self.finished_mask, 0.0)
         if self.logprobs is not None:
-            self.logprobs.write(step, *LogprobBuffer.measure(logits, scores, tokens, self.logprobs.n))
+            measured = LogprobBuffer.measure(logits, scores, tokens, self.logprobs.n)
+            self.logprobs.write(step, *measured)
+            chosen_log_probs = measured[2][:, 0]  # column 0 is the chosen token
+        else:
+            chosen_log_probs = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1)
+        self.scores += chosen_log_probs.double().masked_fill(self.finished_mask, 0.0)
         active = [row for row, done in enumerate(self.finished) if not done]
         step_trace: list[StepRecord | None] | None = None
         if self.records is not None and stages is not None:
