@@ -17,7 +17,7 @@ from rich.table import Table
 
 from decoders.errors import DecodersError, validation_message
 from decoders.plugins import get_registry
-from decoders.builtins import PRESETS
+from decoders.builtins import PRESETS, SampleConfig
 from decoders.strategy import Strategy, StrategyError
 
 app = typer.Typer(
@@ -114,8 +114,6 @@ FLAG_SEARCH = {
     "num_beam_groups": "beam", "diversity_penalty": "beam",
     "penalty_alpha": "contrastive", "top_k": "contrastive", "n": "best_of", "rank_by": "best_of",
 }  # fmt: skip
-#: the searches that sample (they need the sample selector; the default strategy is greedy)
-SAMPLING_SEARCHES = ("best_of", "stochastic_beam")
 
 
 def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = True, **flags: object) -> Strategy:
@@ -142,10 +140,10 @@ def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = T
             raise StrategyError(f"--early-stopping must be true, false or never, got {given['early_stopping']!r}")
         given["early_stopping"] = {"true": True, "false": False}.get(value, value)
     current = chosen.search.model_dump() if chosen.search.kind == search else {}
-    data = chosen.model_dump(exclude_none=True)
-    if not user_strategy and search in SAMPLING_SEARCHES:
-        data["selector"] = {"kind": "sample"}
-    return Strategy.model_validate({**data, "search": {**current, **given, "kind": search}})
+    result = Strategy.model_validate({**chosen.model_dump(exclude_none=True), "search": {**current, **given, "kind": search}})
+    if not user_strategy and result.build_search().samples:  # the default strategy is greedy
+        return result.model_copy(update={"selector": SampleConfig()})
+    return result
 
 
 #: the processor flags of ``generate``: flag name → (processor kind, config field), in transformers' order

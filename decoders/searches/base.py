@@ -100,13 +100,15 @@ class Search(Component):
     ``requires`` lists the processor state methods it calls beside ``reset``/``accept`` (``"reorder"`` for
     searches that fork or drop rows), ``selector_methods`` the selector methods it calls beside ``select``
     (``"select_many"`` for beams), ``streams`` whether :func:`decoders.stream` can show its tokens as they
-    are chosen, and ``stop_strings`` whether it honours stop strings.
+    are chosen, ``stop_strings`` whether it honours stop strings, and ``samples`` whether it draws samples (the
+    sample selector is its natural one: the CLI picks it when the user chose no strategy).
     """
 
     requires: tuple[str, ...] = ()
     selector_methods: tuple[str, ...] = ()
     streams: bool = True
     stop_strings: bool = True
+    samples: bool = False
 
     def check(self, chain: Chain) -> None:
         """Raise :class:`StrategyError` if ``chain`` cannot be used with this search."""

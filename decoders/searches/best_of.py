@@ -51,6 +51,7 @@ class BestOfSearch(Search):
 
     requires = ("reorder",)
     streams = False
+    samples = True
 
     def __init__(self, n: int, rank_by: RankBy = "sum"):
         self.n = n

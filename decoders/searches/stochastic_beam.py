@@ -62,6 +62,7 @@ class StochasticBeamSearch(Search):
     requires = ("reorder",)
     streams = False
     stop_strings = False
+    samples = True
 
     def __init__(self, num_beams: int, num_return_sequences: int | None = None):
         self.num_beams = num_beams
