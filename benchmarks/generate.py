@@ -107,15 +107,19 @@ def worker(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, m
 IN_PROCESS = {"on": False}
 
 
-def measure(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, model_name: str | None) -> dict:
-    """Run :func:`worker` in a fresh Python process (in this one with ``--quick``) and return its numbers."""
+def in_fresh_process(flag: str, function, *arguments, model_name: str | None) -> dict:
+    """``function(*arguments, model_name)`` in a fresh Python process (this script with ``flag``), or in this one
+    with ``--quick``; its numbers."""
     if IN_PROCESS["on"]:
-        return worker(impl, batch, strategy, new_tokens, repeat, model_name)
-    command = [sys.executable, __file__, "--worker", impl, str(batch), strategy, str(new_tokens), str(repeat)]
-    if model_name:
-        command += ["--model", model_name]
+        return function(*arguments, model_name)
+    command = [sys.executable, __file__, flag, *map(str, arguments)] + (["--model", model_name] if model_name else [])
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(impl: str, batch: int, strategy: str, new_tokens: int, repeat: int, model_name: str | None) -> dict:
+    """Run :func:`worker` in a fresh Python process (in this one with ``--quick``) and return its numbers."""
+    return in_fresh_process("--worker", worker, impl, batch, strategy, new_tokens, repeat, model_name=model_name)
 
 
 def main() -> None:
@@ -268,13 +272,9 @@ def logprobs_worker(batch: int, new_tokens: int, pairs: int, model_name: str | N
 def logprobs_section(args, console) -> list[dict]:
     """The cost of ``logprobs=5`` on balanced sampling at the largest batch: paired runs, same tokens."""
     batch = max(args.batch)
-    if IN_PROCESS["on"]:
-        result = logprobs_worker(batch, args.new_tokens, 2 * args.repeat, args.model)
-    else:
-        command = [sys.executable, __file__, "--logprobs-worker", str(batch), str(args.new_tokens), str(2 * args.repeat)]
-        if args.model:
-            command += ["--model", args.model]
-        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    result = in_fresh_process(
+        "--logprobs-worker", logprobs_worker, batch, args.new_tokens, 2 * args.repeat, model_name=args.model
+    )
     console.print(
         f"logprobs=5, balanced, batch {batch}, {result['pairs']} alternating pairs: median overhead "
         f"{result['overhead_median']:+.1%}, same tokens: {result['same_tokens']}"

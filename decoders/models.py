@@ -15,6 +15,7 @@ corrupted file) raises :class:`decoders.errors.ModelLoadError` naming the input,
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib.util
 import io
@@ -386,7 +387,7 @@ def _load_checked(folder: Path, dtype: torch.dtype, source: str, gguf_path: Path
     :data:`_PLAUSIBLE_WEIGHT`, and given its checksums then; else it is rebuilt.
     """
     manifest = _read_manifest(folder)
-    original = json.loads(json.dumps(manifest))
+    original = copy.deepcopy(manifest)
     if manifest is None and (folder / MANIFEST).exists():
         return None, f"its checksum file {MANIFEST} is corrupt"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoders-checksum") as pool:
