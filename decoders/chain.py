@@ -92,6 +92,13 @@ class Chain:
         for processor in self.processors:
             processor.reorder(rows)
 
+    def rollback(self, counts: Sequence[int]) -> None:
+        """Every processor forgets the last ``counts[i]`` tokens row ``i`` accepted (speculative decoding)."""
+        counts = [int(c) for c in counts]
+        if any(counts):
+            for processor in self.processors:
+                processor.rollback(counts)
+
     def require(self, methods: Sequence[str], search: str) -> None:
         """Refuse, with a clear message, a stateful processor that lacks a state method ``search`` will call."""
         for index, processor in enumerate(self.processors):

@@ -96,7 +96,14 @@ class DecodeContext:
         tokenizer: the model's tokenizer, when there is one (processors that take strings need it).
         generators: one ``torch.Generator`` per row, for processors that draw random numbers.
         padding: per row, how many leading columns of ``input_ids`` are left padding (not text); None when
-            no row is padded.
+            no row is padded. A search whose rows grow by different numbers of tokens (speculative decoding)
+            updates it as the rows' widths change.
+        prompt_lengths: per row, how many tokens its prompt has (without padding); None when unknown. With
+            ``padding`` it places each row's first generated token at column ``padding[i] + prompt_lengths[i]``
+            (see :meth:`generated_start`).
+        live: bool ``[B]``: which rows are still generating; None when all are. A row that has finished
+            (EOS, stop string) may stay in the batch and still be given a token (the pad id) by
+            :meth:`Processor.accept`: a processor with per-row state should ignore it there.
     """
 
     prompt_length: int = 0
@@ -104,13 +111,32 @@ class DecodeContext:
     tokenizer: Any = None
     generators: list[torch.Generator] | None = field(default=None)
     padding: list[int] | None = None
+    prompt_lengths: list[int] | None = None
+    live: torch.Tensor | None = None
 
     def select_rows(self, rows: list[int]) -> None:
         """Follow a change of rows: row i now continues old row ``rows[i]`` (per-row fields are reindexed)."""
         if self.padding is not None:
             self.padding = [self.padding[r] for r in rows]
+        if self.prompt_lengths is not None:
+            self.prompt_lengths = [self.prompt_lengths[r] for r in rows]
         if self.generators is not None:
             self.generators = [self.generators[r] for r in rows]
+        if self.live is not None:
+            self.live = self.live[torch.as_tensor(rows, dtype=torch.long, device=self.live.device)]
+
+    def generated_start(self, input_ids: torch.Tensor) -> torch.Tensor | int:
+        """The column of ``input_ids`` where each row's generated tokens start: ``[B]``, or one int for all rows.
+
+        It is :attr:`prompt_length` unless the rows' prompts and padding say otherwise (rows of different
+        widths in speculative decoding).
+        """
+        if self.padding is None or self.prompt_lengths is None:
+            return self.prompt_length
+        starts = [pad + length for pad, length in zip(self.padding, self.prompt_lengths)]
+        if all(start == self.prompt_length for start in starts):
+            return self.prompt_length
+        return torch.tensor(starts, device=input_ids.device)
 
     def text_ids(self, input_ids: torch.Tensor, filler: int) -> torch.Tensor:
         """``input_ids`` with each row's left padding replaced by ``filler`` (unchanged when unpadded)."""
@@ -146,8 +172,10 @@ class Processor(Component):
     The state protocol: a processor that derives everything from ``input_ids`` (and its context) is
     stateless and needs none of it. A processor with memory per row between steps (mirostat's μ, a grammar
     matcher) is *stateful*: it overrides :meth:`accept` (which is how :attr:`stateful` recognises it), and
-    overrides :meth:`reorder` to follow searches that fork, reorder or drop rows (beam search). A search that
-    will call a protocol method refuses, when the chain is built, a stateful processor that lacks it.
+    overrides :meth:`reorder` to follow searches that fork, reorder or drop rows (beam search), and
+    :meth:`rollback` to forget accepted tokens again (speculative decoding accepts drafted tokens, then takes
+    back the rejected ones). A search that will call a protocol method refuses, when the chain is built, a
+    stateful processor that lacks it. :attr:`DecodeContext.live` says which rows are still generating.
     """
 
     #: whether :meth:`process_candidates` is implemented
@@ -182,13 +210,18 @@ class Processor(Component):
         go away). Called after :meth:`process` and before :meth:`accept` of the tokens the new rows got.
         Stateless processors need nothing (the context's per-row fields are updated for them)."""
 
+    def rollback(self, counts: list[int]) -> None:
+        """Forget the last ``counts[i]`` tokens :meth:`accept` gave row ``i`` (0: keep them all), as if they had
+        never been accepted. Stateless processors need nothing."""
+
     @property
     def stateful(self) -> bool:
         """Whether this processor keeps per-row memory between steps (it overrides :meth:`accept`)."""
         return type(self).accept is not Processor.accept
 
     def supports(self, method: str) -> bool:
-        """Whether the state protocol's ``method`` (``"reorder"``) is safe to call: implemented, or not needed."""
+        """Whether the state protocol's ``method`` (``"reorder"``, ``"rollback"``) is safe to call: implemented,
+        or not needed."""
         return not self.stateful or getattr(type(self), method) is not getattr(Processor, method)
 
     def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:

@@ -56,24 +56,28 @@ class MinNewTokens(Processor):
             )
         return eos
 
-    def _active(self, input_ids: torch.Tensor) -> bool:
-        return input_ids.shape[-1] - self.context.prompt_length < self.min_new_tokens
+    def _active(self, input_ids: torch.Tensor) -> bool | torch.Tensor:
+        """Whether EOS is still banned: one bool for all rows, or ``[B, 1]`` when rows have different lengths."""
+        active = input_ids.shape[-1] - self.context.generated_start(input_ids) < self.min_new_tokens
+        return active.unsqueeze(-1) if isinstance(active, torch.Tensor) else active
 
     def process(self, input_ids, logits):
-        if not self._active(input_ids):
+        active = self._active(input_ids)
+        if active is False:
             return logits.clone()
         eos = torch.tensor(self._eos_ids(), device=logits.device)
         _check_ids("min_new_tokens eos_token_id", eos, logits.shape[-1])
         mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         mask[eos] = True
-        return logits.masked_fill(mask, NEG_INF)
+        return logits.masked_fill(mask & active, NEG_INF)
 
     def process_candidates(self, input_ids, candidates):
-        if not self._active(input_ids):
+        active = self._active(input_ids)
+        if active is False:
             return candidates
         eos = torch.tensor(self._eos_ids(), device=candidates.ids.device)
         _check_ids("min_new_tokens eos_token_id", eos, candidates.vocab_size)
-        return candidates.with_values(candidates.values.masked_fill(torch.isin(candidates.ids, eos), NEG_INF))
+        return candidates.with_values(candidates.values.masked_fill(torch.isin(candidates.ids, eos) & active, NEG_INF))
 
 
 class LogitBias(Processor):

@@ -89,7 +89,15 @@ class PresenceFrequency(Processor):
         self.penalty_last_n = penalty_last_n
 
     def _generated(self, input_ids: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.context.prompt_length :]
+        """The generated columns (the last ``penalty_last_n``); where rows differ in length, the columns of a
+        row's prompt are replaced by an id no token has (``-1`` → not counted)."""
+        start = self.context.generated_start(input_ids)
+        if isinstance(start, torch.Tensor):
+            first = int(start.min())
+            columns = torch.arange(first, input_ids.shape[-1], device=input_ids.device)
+            generated = input_ids[:, first:].masked_fill(columns < start.unsqueeze(-1), -1)
+        else:
+            generated = input_ids[:, start:]
         if self.penalty_last_n is not None:
             generated = generated[:, -self.penalty_last_n :]
         return generated
@@ -102,7 +110,8 @@ class PresenceFrequency(Processor):
         generated = self._generated(input_ids)
         vocab_size = logits.shape[-1]
         counts = logits.new_zeros((logits.shape[0], vocab_size + 1), dtype=torch.int64)  # + a spare column, as above
-        counts = counts.scatter_add(1, generated.clamp(max=vocab_size), torch.ones_like(generated))[:, :vocab_size]
+        spare = generated.masked_fill(generated < 0, vocab_size).clamp(max=vocab_size)
+        counts = counts.scatter_add(1, spare, torch.ones_like(generated))[:, :vocab_size]
         return logits - self._penalty(counts, logits.dtype)
 
     def process_candidates(self, input_ids, candidates):

@@ -237,8 +237,10 @@ class RowTracker:
         return stages, lambda index, processor, before, after: stages.append((processor.kind, after))
 
     def hold_finished(self, tokens: torch.LongTensor) -> torch.LongTensor:
-        """``tokens`` with the padding id in the rows that have already finished."""
+        """``tokens`` with the padding id in the rows that have already finished (which the chain's context
+        then marks as not live, for :meth:`Processor.accept`)."""
         if any(self.finished):
+            self.job.chain.context.live = ~self.finished_mask
             return tokens.masked_fill(self.finished_mask, self.job.session.pad_id)
         return tokens
 
