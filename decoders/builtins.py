@@ -11,7 +11,14 @@ from decoders import processors as p
 from decoders import selectors as s
 from decoders.config import ProcessorConfig, SelectorConfig
 from decoders.hookspecs import hookimpl
-from decoders.searches import BeamConfig, BestOfConfig, ContrastiveConfig, SingleConfig, StochasticBeamConfig
+from decoders.searches import (
+    BeamConfig,
+    BestOfConfig,
+    ContrastiveConfig,
+    SingleConfig,
+    SpeculativeConfig,
+    StochasticBeamConfig,
+)
 
 MinTokensToKeep = Annotated[int, Field(ge=1, description="always keep at least this many of the most likely tokens")]
 
@@ -244,7 +251,7 @@ PROCESSOR_CONFIGS = (
     BadWordsConfig,
 )
 SELECTOR_CONFIGS = (GreedyConfig, SampleConfig)
-SEARCH_CONFIGS = (SingleConfig, BeamConfig, ContrastiveConfig, StochasticBeamConfig, BestOfConfig)
+SEARCH_CONFIGS = (SingleConfig, BeamConfig, ContrastiveConfig, StochasticBeamConfig, BestOfConfig, SpeculativeConfig)
 
 #: the built-in presets: named strategies, each with its one-line description
 PRESETS: dict[str, dict] = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from decoders.errors import GenerationError
-from decoders.trace import BeamStepRecord, StepRecord
+from decoders.trace import BeamStepRecord, SpeculationStats, StepRecord
 
 FinishReason = Literal["eos", "length", "stop"]
 
@@ -54,6 +54,8 @@ class Hypothesis(BaseModel):
         logprobs: per generated token, when ``generate(..., logprobs=n)`` asked for them.
         weight: for a sample drawn without replacement (stochastic beam search), its estimator weight
             p(y) / q(y): the average of ``weight · f(y)`` over the samples estimates the expectation of f.
+        speculation: drafted and accepted token counts (and the draft steps when tracing), for speculative
+            decoding; else None.
     """
 
     text: str
@@ -62,6 +64,7 @@ class Hypothesis(BaseModel):
     finish_reason: FinishReason
     logprobs: list[StepLogprobs] | None = None
     weight: float | None = None
+    speculation: SpeculationStats | None = None
 
 
 class GenerationResult(BaseModel):
@@ -84,6 +87,8 @@ class GenerationResult(BaseModel):
             ``generate(..., logprobs=n)`` asked for them; else None.
         steps: one :class:`StepRecord` per generated token when tracing the single search, else None.
         beam_steps: one :class:`BeamStepRecord` per step when tracing beam search, else None.
+        speculation: speculative decoding's drafted and accepted token counts (and per-step records when
+            tracing); None for other searches.
 
     Example:
         >>> result = decoders.generate(["Hi", "Hello"], model=(model, tokenizer))[1]  # doctest: +SKIP
@@ -101,6 +106,11 @@ class GenerationResult(BaseModel):
     logprobs: list[StepLogprobs] | None = None
     steps: list[StepRecord] | None = None
     beam_steps: list[BeamStepRecord] | None = None
+
+    @computed_field
+    @property
+    def speculation(self) -> SpeculationStats | None:
+        return self.alternatives[0].speculation if self.alternatives else None
 
 
 class Generations(list):

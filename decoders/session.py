@@ -6,7 +6,10 @@ Searches drive a model only through a :class:`ModelSession`:
 * :meth:`~ModelSession.forward` runs the model over the columns it has not seen yet (the whole prompt the
   first time, then the new tokens) and returns their logits, and hidden states on request;
 * :meth:`~ModelSession.select` keeps, reorders or repeats rows (beams fork and die, finished rows leave),
-  the KV cache included.
+  the KV cache included;
+* :meth:`~ModelSession.rewind` takes back the last columns of each row, a different number per row
+  (speculative decoding's rejected drafts): columns every row gives up leave the buffer and the cache, the
+  rest stay as *holes* that attention skips and positions do not count.
 
 The model is called with keyword arguments only (``input_ids``, ``attention_mask``, ``position_ids``, the
 KV cache, ``use_cache``, ``logits_to_keep``), whichever of them its ``forward`` names, so any causal LM with
@@ -33,6 +36,23 @@ def model_device(model: Any) -> torch.device:
     if tensor is None:
         tensor = next(iter(model.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def crop_cache(cache: Any, removed: int) -> Any:
+    """The cache without its last ``removed`` columns (a transformers ``Cache`` is changed in place)."""
+    if hasattr(cache, "crop"):
+        cache.crop(-removed)  # a negative count removes that many columns (transformers 4.x and 5.x alike)
+        return cache
+    if isinstance(cache, torch.Tensor):
+        return cache[..., : cache.shape[-2] - removed, :]
+    if isinstance(cache, tuple | list):
+        return type(cache)(crop_cache(part, removed) for part in cache)
+    if cache is None or isinstance(cache, int | float):  # nothing per column (e.g. a toy model's counter)
+        return cache
+    raise GenerationError(
+        f"cannot take columns back from a KV cache of type {type(cache).__name__}: speculative decoding needs a "
+        "transformers Cache (with crop), or tensors / tuples of tensors with the sequence second to last"
+    )
 
 
 def select_cache(cache: Any, rows: torch.LongTensor) -> Any:
@@ -141,6 +161,7 @@ class ModelSession:
         self.length = width  # columns written
         self.computed = 0  # columns the cache holds
         self.cache: Any = None
+        self._holes: torch.Tensor | None = None  # bool [R, columns]: taken-back columns that stay (see rewind)
 
     @property
     def rows(self) -> int:
@@ -159,12 +180,47 @@ class ModelSession:
             more = torch.full((self.rows, end - self._ids.shape[1]), self.pad_id, dtype=torch.long, device=self.device)
             self._ids = torch.cat([self._ids, more], dim=1)
         self._ids[:, self.length : end] = tokens
+        if self._holes is not None and end > self._holes.shape[1]:
+            self._holes = torch.nn.functional.pad(self._holes, (0, self._ids.shape[1] - self._holes.shape[1]))
         self.length = end
 
+    def rewind(self, counts: list[int]) -> None:
+        """Take back the last ``counts[i]`` columns of row ``i`` (appended, whether the model saw them or not).
+
+        The columns every row gives up leave the buffer and the KV cache; a row's other taken-back columns stay
+        as holes, masked from attention and skipped by positions, so each row continues as if they had never
+        been there.
+        """
+        if len(counts) != self.rows:
+            raise GenerationError(f"rewind got {len(counts)} counts for {self.rows} rows")
+        common = min(counts)
+        if common:
+            self.length -= common
+            if self.computed > self.length:
+                if self.cache is not None:
+                    self.cache = crop_cache(self.cache, self.computed - self.length)
+                self.computed = self.length
+        if any(count > common for count in counts):
+            if self._holes is None:
+                self._holes = torch.zeros(self._ids.shape, dtype=torch.bool, device=self.device)
+            for row, count in enumerate(counts):
+                if count > common:
+                    self._holes[row, self.length - (count - common) : self.length] = True
+        if self._holes is not None:
+            self._holes[:, self.length :] = False
+
     def _mask(self, columns: torch.Tensor) -> torch.Tensor | None:
+        if self._holes is not None:
+            return ((columns >= self._pads) & ~self._holes[:, : self.length]).long()
         if not any(self.padding):
             return None
         return (columns >= self._pads).long()
+
+    def _positions(self, columns: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Positions of the new columns: the number of text columns before each (padding and holes not counted)."""
+        if self._holes is None:
+            return (columns[:, self.computed :] - self._pads).clamp(min=0)
+        return (mask.cumsum(dim=-1)[:, self.computed :] - 1).clamp(min=0)
 
     def forward(self, *, all_logits: bool = False, hidden: bool = False, all_hidden: bool = False) -> ForwardOutput:
         """Run the model over the columns it has not seen; logits of the last one (of all of them with ``all_logits``).
@@ -178,9 +234,9 @@ class ModelSession:
         if self.computed >= self.length:
             raise GenerationError("nothing new to run the model on: append tokens first")
         columns = torch.arange(self.length, device=self.device).unsqueeze(0)
-        positions = (columns[:, self.computed :] - self._pads).clamp(min=0)
+        mask = self._mask(columns)
         logits, states, self.cache = self._call(
-            self._ids[:, self.computed : self.length], self._mask(columns), positions, self.cache,
+            self._ids[:, self.computed : self.length], mask, self._positions(columns, mask), self.cache,
             keep=0 if all_logits else 1, hidden=hidden or all_hidden,
         )  # fmt: skip
         new = self.length - self.computed
@@ -196,6 +252,8 @@ class ModelSession:
             return
         self._ids = self._ids.index_select(0, rows)
         self._pads = self._pads.index_select(0, rows)
+        if self._holes is not None:
+            self._holes = self._holes.index_select(0, rows)
         self.padding = [self.padding[r] for r in rows.tolist()]
         if self.cache is not None:
             self.cache = select_cache(self.cache, rows)

@@ -70,6 +70,58 @@ class StepRecord(BaseModel):
     chosen: TokenProb
 
 
+class DraftRecord(BaseModel):
+    """One step of speculative decoding for one row: what was drafted, how much the target kept, its own token.
+
+    Args:
+        step: the speculative step (0 for the first; each commits one or more tokens).
+        row: the batch row (the prompt's index).
+        position: how many tokens the row had generated before this step.
+        drafted: the drafted token ids (empty when the drafter proposed nothing).
+        drafted_text: the text of each drafted token.
+        accepted: how many drafted tokens the target accepted (a prefix of ``drafted``).
+        token: the target's own token after the accepted ones: the correction where it disagreed with the
+            draft, or the bonus token when it accepted everything.
+        token_text: its text.
+
+    Example:
+        >>> result = decoders.generate("a b a b", {"search": {"kind": "speculative", "prompt_lookup_num_tokens": 4}},
+        ...                            model=(model, tokenizer), trace=True)  # doctest: +SKIP
+        >>> [(r.drafted_text, r.accepted) for r in result.speculation.steps][:1]  # doctest: +SKIP
+        [([' a', ' b', ' a', ' b'], 3)]
+    """
+
+    step: int
+    row: int
+    position: int
+    drafted: list[int]
+    drafted_text: list[str]
+    accepted: int
+    token: int
+    token_text: str
+
+
+class SpeculationStats(BaseModel):
+    """What speculative decoding did for one sequence.
+
+    Args:
+        drafted: drafted tokens the target model verified.
+        accepted: drafted tokens it accepted.
+        steps: target forward passes after the prompt (each commits ``accepted + 1`` tokens at most).
+        records: one :class:`DraftRecord` per step when tracing, else None.
+    """
+
+    drafted: int
+    accepted: int
+    steps: int
+    records: list[DraftRecord] | None = None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / drafted (None when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else None
+
+
 class BeamRecord(BaseModel):
     """One hypothesis of a beam search at one step.
 

@@ -5,6 +5,7 @@ from decoders.searches.beam import BeamConfig, BeamSearch
 from decoders.searches.best_of import BestOfConfig, BestOfSearch
 from decoders.searches.contrastive import ContrastiveConfig, ContrastiveSearch
 from decoders.searches.single import SingleConfig, SingleSearch
+from decoders.searches.speculative import SpeculativeConfig, SpeculativeSearch
 from decoders.searches.stochastic_beam import StochasticBeamConfig, StochasticBeamSearch
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "SearchRun",
     "SingleConfig",
     "SingleSearch",
+    "SpeculativeConfig",
+    "SpeculativeSearch",
     "StochasticBeamConfig",
     "StochasticBeamSearch",
     "processed_log_probs",

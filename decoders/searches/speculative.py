@@ -1,0 +1,506 @@
+"""Speculative decoding: a cheap drafter proposes tokens, the model verifies them all in one forward pass.
+
+    prefill → first token as usual → per step, for every live row:
+      draft d tokens (prompt lookup, or a draft model run d times)
+      → one forward pass of the model over [last token, d drafts] → d + 1 next-token distributions
+      → the chain processes each of them with the prefix up to that position
+      → keep the drafts the target agrees with, then one token of the target's own (correction or bonus)
+      → take back the rejected columns (KV cache cropped, or masked per row), processors roll back
+
+Exactness. With the greedy selector a draft is kept when it is the token greedy decoding would choose there,
+so the output is token for token plain greedy. With the sample selector the rule is Leviathan et al. (2023)
+/ Chen et al. (2023): draft ``x`` drawn from ``q`` is kept with probability ``min(1, p(x) / q(x))``,
+otherwise the token is drawn from ``max(0, p - q)`` normalised, where ``p`` and ``q`` are the *processed*
+target and draft distributions (the same chain, the same prefix); a deterministic drafter is a point mass.
+Each position's token then follows the processed target distribution exactly.
+
+Rows accept different numbers of tokens: columns that every row gives up leave the KV cache, the rest stay
+as masked holes (:meth:`ModelSession.rewind`), and the chain sees each row's own history, right-aligned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_serializer, field_validator, model_validator
+
+from decoders.chain import Scores, dense
+from decoders.config import SearchConfig
+from decoders.errors import GenerationError, StrategyError
+from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs
+from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun, processed_log_probs, step_logprobs
+from decoders.selectors import Greedy, Sample
+from decoders.session import ModelSession
+from decoders.trace import DraftRecord, SpeculationStats, StepRecord, step_records
+
+Schedule = Literal["constant", "heuristic"]
+
+
+def lookup_draft(history: list[int], ngram_size: int, limit: int) -> list[int]:
+    """Prompt lookup: the tokens that followed the earliest earlier occurrence of the history's last n-gram.
+
+    Tries n-grams of ``ngram_size`` tokens down to 1 (the longest that matches wins), as transformers'
+    prompt lookup does; returns at most ``limit`` tokens (none when nothing matches).
+
+    Example:
+        >>> lookup_draft([1, 2, 3, 4, 1, 2], ngram_size=2, limit=3)
+        [3, 4, 1]
+    """
+    length = len(history)
+    for size in range(min(ngram_size, length - 1), 0, -1):
+        tail = history[-size:]
+        first = tail[0]
+        for start in range(length - size):
+            if history[start] == first and history[start : start + size] == tail:
+                follow = history[start + size : min(start + size + limit, length)]
+                if follow:
+                    return follow
+    return []
+
+
+def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index drawn from unnormalised non-negative ``weights [V]`` (inverse transform, float64)."""
+    cumulative = weights.double().cumsum(0)
+    uniform = torch.rand(1, dtype=torch.float64, generator=generator).to(cumulative.device)
+    pick = int(torch.searchsorted(cumulative, uniform * cumulative[-1], right=True))
+    last_positive = int(torch.searchsorted(cumulative, cumulative[-1], right=False))
+    return min(pick, last_positive)
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    return float(torch.rand(1, dtype=torch.float64, generator=generator))
+
+
+class _Row:
+    """One prompt's sequence: committed tokens, text, score, log-probs, draft statistics."""
+
+    def __init__(self, job: SearchJob, prompt: list[int], budget: int):
+        self.prompt = prompt
+        self.tokens: list[int] = []
+        self.text = job.row_text() if job.texts or job.stops else None
+        self.reason: FinishReason = "length"
+        self.finished = False
+        self.score = 0.0
+        self.logprobs: list[StepLogprobs] | None = [] if job.logprobs is not None else None
+        self.records: list[StepRecord] | None = [] if job.trace else None
+        self.drafts: list[DraftRecord] | None = [] if job.trace else None
+        self.budget = budget
+        self.drafted = self.accepted = self.steps = 0
+
+    def commit(self, job: SearchJob, token: int) -> str:
+        """Append one token; returns the text it made visible. Ends the row at EOS, a stop string or the length."""
+        self.tokens.append(token)
+        text = self.text
+        if text is not None:
+            text.push(token)
+        if token in job.eos_token_ids:
+            self.reason, self.finished = "eos", True
+        elif text is not None and text.stop_at is not None:
+            self.reason, self.finished = "stop", True
+        elif len(self.tokens) >= job.max_new_tokens:
+            self.reason, self.finished = "length", True
+        if text is None:
+            return ""
+        if self.finished and self.reason != "stop":
+            text.flush()
+        return text.take(final=self.finished)
+
+    def hypothesis(self, job: SearchJob) -> Hypothesis:
+        return Hypothesis(
+            text=self.text.final_text if self.text is not None else job.decode(self.tokens),
+            generated_ids=self.tokens, score=self.score, finish_reason=self.reason, logprobs=self.logprobs,
+            speculation=SpeculationStats(
+                drafted=self.drafted, accepted=self.accepted, steps=self.steps, records=self.drafts
+            ),
+        )  # fmt: skip
+
+
+class SpeculativeSearch(Search):
+    """Speculative decoding with prompt lookup or a draft model; the output is what the selector alone gives.
+
+    Args:
+        prompt_lookup_num_tokens: draft up to this many tokens by prompt lookup (None: use a draft model).
+        max_matching_ngram_size: prompt lookup matches the last n-gram of up to this many tokens.
+        assistant_model: the draft model: a name, folder or ``.gguf`` file, a ``LoadedModel``, or a
+            ``(model, tokenizer)`` pair; it must share the target's vocabulary.
+        num_assistant_tokens: tokens the draft model drafts per step (the starting value of the heuristic).
+        num_assistant_tokens_schedule: ``"heuristic"``: a row drafts 2 more tokens after a step that kept
+            all its drafts, 1 fewer (at least 1) otherwise; ``"constant"``: the same number every step.
+
+    Example:
+        >>> strategy = {"search": {"kind": "speculative", "prompt_lookup_num_tokens": 10}}
+        >>> result = decoders.generate("Repeat: the cat sat on the mat. Again: the cat", strategy, model=(model, tok))  # doctest: +SKIP
+        >>> result.speculation.accepted, result.speculation.drafted  # doctest: +SKIP
+        (28, 31)
+    """
+
+    requires = ("reorder", "rollback")
+
+    def __init__(
+        self,
+        prompt_lookup_num_tokens: int | None = None,
+        max_matching_ngram_size: int = 2,
+        assistant_model: Any = None,
+        num_assistant_tokens: int = 20,
+        num_assistant_tokens_schedule: Schedule = "heuristic",
+    ):
+        if (prompt_lookup_num_tokens is None) == (assistant_model is None):
+            raise StrategyError(
+                "speculative decoding needs exactly one drafter: prompt_lookup_num_tokens (e.g. 10) or "
+                "assistant_model (a draft model sharing the vocabulary)"
+            )
+        for name, value in (
+            ("prompt_lookup_num_tokens", prompt_lookup_num_tokens), ("max_matching_ngram_size", max_matching_ngram_size),
+            ("num_assistant_tokens", num_assistant_tokens),
+        ):  # fmt: skip
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise StrategyError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if num_assistant_tokens_schedule not in ("constant", "heuristic"):
+            raise StrategyError(
+                f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', got {num_assistant_tokens_schedule!r}"
+            )
+        self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+        self.max_matching_ngram_size = max_matching_ngram_size
+        self.assistant_model = assistant_model
+        self.num_assistant_tokens = num_assistant_tokens
+        self.num_assistant_tokens_schedule = num_assistant_tokens_schedule
+        self._assistant: Any = None
+
+    def check(self, chain) -> None:
+        super().check(chain)
+        if not isinstance(chain.selector, Greedy | Sample):
+            raise StrategyError(
+                f"the 'speculative' search verifies drafts for the greedy or the sample selector; "
+                f"'{chain.selector.kind}' is neither: use one of them, or the 'single' search"
+            )
+
+    # ---- the draft model -------------------------------------------------------------------------------
+
+    def _draft_model(self, job: SearchJob) -> Any:
+        """The loaded draft model (loaded once per search), checked against the target's vocabulary."""
+        if self._assistant is None:
+            from decoders.driver import _resolve_model
+
+            try:
+                loaded = _resolve_model(self.assistant_model)
+            except GenerationError as error:
+                raise GenerationError(f"assistant_model: {error}") from None
+            model = loaded.model
+            if not callable(getattr(model, "forward", None)):
+                raise GenerationError(
+                    f"assistant_model must be a causal language model with a forward(input_ids, ...) method; got "
+                    f"{type(model).__name__}"
+                )
+            self._assistant = model
+        return self._assistant
+
+    @staticmethod
+    def _check_vocabulary(target: torch.Tensor, draft: torch.Tensor) -> None:
+        if target.shape[-1] != draft.shape[-1]:
+            raise GenerationError(
+                f"the draft model's vocabulary has {draft.shape[-1]} entries and the target's {target.shape[-1]}: "
+                "speculative decoding needs a draft model with the same vocabulary (same tokenizer family), or "
+                "prompt lookup (prompt_lookup_num_tokens)"
+            )
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def run(self, job: SearchJob) -> SearchRun:
+        session, chain = job.session, job.chain
+        sampling = isinstance(chain.selector, Sample)
+        generators = list(job.generators) if job.generators is not None else None
+        prompts = [session.ids[row, pad:].tolist() for row, pad in enumerate(session.padding)]
+        budget = self.prompt_lookup_num_tokens or self.num_assistant_tokens
+        rows = [_Row(job, prompt, budget) for prompt in prompts]
+        live = list(range(len(rows)))  # original row of each batch row
+        chain.context.prompt_lengths = [len(p) for p in prompts]
+        draft = None
+        if self.assistant_model is not None:
+            draft = ModelSession(self._draft_model(job), prompts, session.pad_id, job.max_new_tokens)
+
+        # the prompts: the first token is chosen as the single search would
+        logits = session.forward().logits
+        if draft is not None:
+            self._check_vocabulary(logits, draft.forward().logits)
+        yield self._first_token(job, rows, logits, draft)
+        step = 1
+        while True:
+            live = self._drop_finished(job, rows, live, draft)
+            if not live:
+                break
+            yield self._step(job, rows, live, draft, sampling, generators, step)
+            step += 1
+        return [Outcome([row.hypothesis(job)], steps=row.records) for row in rows]
+
+    def _first_token(self, job: SearchJob, rows: list[_Row], logits: torch.Tensor, draft: ModelSession | None) -> StepEvent:
+        session, chain = job.session, job.chain
+        stages, observer = self._observer(job, logits)
+        scores = chain.run(session.ids, logits, observer)
+        tokens = chain.choose(scores, job.generators)
+        chain.accept(tokens)
+        session.append(tokens)
+        if draft is not None:
+            draft.append(tokens.to(draft.device))
+        chosen = tokens.tolist()
+        self._measure(job, rows, list(range(len(rows))), logits, scores, tokens, [True] * len(rows), stages, 0)
+        texts = [row.commit(job, token) for row, token in zip(rows, chosen)]
+        return StepEvent(0, chosen, texts, [row.finished for row in rows])
+
+    def _drop_finished(self, job: SearchJob, rows: list[_Row], live: list[int], draft: ModelSession | None) -> list[int]:
+        """Finished rows leave the batch (model session, draft session, chain); returns the live rows."""
+        keep = [index for index, row in enumerate(live) if not rows[row].finished]
+        if len(keep) < len(live) and keep:
+            index = torch.tensor(keep, dtype=torch.long, device=job.session.device)
+            job.session.select(index)
+            if draft is not None:
+                draft.select(index.to(draft.device))
+            job.chain.reorder(index)
+        return [live[index] for index in keep]
+
+    def _observer(self, job: SearchJob, logits: torch.Tensor):
+        if not job.trace:
+            return None, None
+        stages = [("model", logits)]
+        return stages, lambda index, processor, before, after: stages.append((processor.kind, after))
+
+    def _history(self, job: SearchJob, rows: list[_Row], live: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Each live row's prompt and generated tokens, right-aligned ``[R, W]``, and its left padding."""
+        sequences = [rows[row].prompt + rows[row].tokens for row in live]
+        width = max(map(len, sequences))
+        padding = [width - len(sequence) for sequence in sequences]
+        ids = torch.full((len(live), width), job.session.pad_id, dtype=torch.long)
+        for index, sequence in enumerate(sequences):
+            ids[index, padding[index] :] = torch.tensor(sequence, dtype=torch.long)
+        return ids.to(job.session.device), padding
+
+    def _step(self, job, rows, live, draft, sampling, generators, step) -> StepEvent:
+        session, chain = job.session, job.chain
+        batch = len(live)
+        history, padding = self._history(job, rows, live)
+        chain.context.padding = padding
+        row_generators = [generators[row] for row in live] if generators is not None else [None] * batch
+        limits = [min(rows[row].budget, job.max_new_tokens - len(rows[row].tokens) - 1) for row in live]
+
+        # draft
+        if draft is None:
+            proposals = [
+                lookup_draft(rows[row].prompt + rows[row].tokens, self.max_matching_ngram_size, limit) if limit > 0 else []
+                for row, limit in zip(live, limits)
+            ]
+            width = max(map(len, proposals))
+            drafts = torch.full((batch, width), session.pad_id, dtype=torch.long)
+            for index, proposal in enumerate(proposals):
+                drafts[index, : len(proposal)] = torch.tensor(proposal, dtype=torch.long)
+            drafts = drafts.to(session.device)
+            counts = [len(p) for p in proposals]
+            draft_probs = None
+        else:
+            drafts, draft_probs, counts = self._draft(job, draft, history, limits, sampling, row_generators)
+            width = drafts.shape[1]
+
+        # verify: one forward pass over the pending token and the drafts
+        if width:
+            session.append(drafts)
+        logits = session.forward(all_logits=True).logits  # [R, 1 + width, V]
+        ids = torch.cat([history, drafts], dim=1)
+        stopped = [False] * batch
+        accepted = [0] * batch
+        own = [0] * batch  # the target's own token of each row
+        committed: list[list[int]] = [[] for _ in range(batch)]
+        accepts = 0  # tokens given to chain.accept for this step's positions
+        for position in range(width + 1):
+            step_logits = logits[:, position]
+            stages, observer = self._observer(job, step_logits)
+            scores = chain.run(ids[:, : history.shape[1] + position], step_logits, observer)
+            taking = [not done for done in stopped]  # rows that get a token at this position
+            tokens = self._decide(
+                chain, scores, drafts, draft_probs, position, counts, stopped, accepted, own, sampling, row_generators
+            )
+            for index in range(batch):
+                if taking[index]:
+                    committed[index].append(int(tokens[index]))
+            self._measure(job, rows, live, step_logits, scores, tokens, taking, stages, position)
+            if all(stopped):
+                break
+            chain.accept(drafts[:, position])
+            accepts += 1
+
+        chain.rollback([accepts - accepted[index] for index in range(batch)])
+        corrections = torch.tensor(own, dtype=torch.long, device=session.device)
+        chain.accept(corrections)
+        session.rewind([width - accepted[index] for index in range(batch)])
+        session.append(corrections)
+        if draft is not None:
+            draft.rewind([width - accepted[index] for index in range(batch)])
+            draft.append(corrections.to(draft.device))
+
+        token_ids: list[int | None] = [None] * len(rows)
+        texts = [""] * len(rows)
+        for index, row_index in enumerate(live):
+            row = rows[row_index]
+            row.steps += 1
+            row.drafted += counts[index]
+            row.accepted += accepted[index]
+            if row.drafts is not None:
+                row.drafts.append(
+                    DraftRecord(
+                        step=step, row=row_index, position=len(row.tokens), drafted=drafts[index, : counts[index]].tolist(),
+                        drafted_text=[job.token_text(t) for t in drafts[index, : counts[index]].tolist()],
+                        accepted=accepted[index], token=own[index], token_text=job.token_text(own[index]),
+                    )  # fmt: skip
+                )
+            if self.num_assistant_tokens_schedule == "heuristic" and counts[index]:
+                if accepted[index] == counts[index]:
+                    row.budget += 2
+                else:
+                    row.budget = max(1, row.budget - 1)
+                if self.prompt_lookup_num_tokens is not None:
+                    row.budget = min(row.budget, self.prompt_lookup_num_tokens)
+            for token in committed[index]:
+                texts[row_index] += row.commit(job, token)
+                token_ids[row_index] = token
+                if row.finished:
+                    break
+        return StepEvent(step, token_ids, texts, [row.finished for row in rows])
+
+    def _draft(self, job, draft: ModelSession, history, limits, sampling, row_generators):
+        """Run the draft model ``max(limits)`` times: drafts ``[R, D]``, their processed distributions (sampling)."""
+        chain = job.chain
+        batch, width = len(limits), max(limits)
+        drafts = torch.full((batch, width), job.session.pad_id, dtype=torch.long, device=job.session.device)
+        probs: list[torch.Tensor] = []
+        for position in range(width):
+            logits = draft.forward().logits.to(job.session.device)
+            scores = chain.run(torch.cat([history, drafts[:, :position]], dim=1), logits)
+            if sampling:
+                p = torch.softmax(dense(scores).float(), dim=-1)
+                probs.append(p)
+                tokens = [
+                    _draw(p[index], row_generators[index]) if position < limits[index] else job.session.pad_id
+                    for index in range(batch)
+                ]
+                tokens = torch.tensor(tokens, dtype=torch.long, device=drafts.device)
+            else:
+                tokens = chain.choose(scores)
+            drafts[:, position] = tokens
+            if position + 1 < width:
+                chain.accept(tokens)
+                draft.append(tokens.to(draft.device))
+        chain.rollback([max(width - 1, 0)] * batch)
+        if width:
+            draft.append(drafts[:, -1].to(draft.device))
+        counts = [max(limit, 0) for limit in limits]
+        return drafts, (torch.stack(probs, dim=1) if sampling and probs else None), counts
+
+    def _decide(self, chain, scores: Scores, drafts, draft_probs, position, counts, stopped, accepted, own, sampling, gens):
+        """Position ``position`` of every row still going: keep its draft, or stop with the target's own token.
+
+        Returns the token each row has at this position (the draft, or its own token where it stops here).
+        """
+        batch = len(counts)
+        if not sampling:
+            choice = chain.choose(scores).tolist()
+        else:
+            probs = torch.softmax(dense(scores).float(), dim=-1)
+        tokens = drafts[:, position].tolist() if position < drafts.shape[1] else [0] * batch
+        for index in range(batch):
+            if stopped[index]:
+                continue
+            if position < counts[index]:
+                proposal = tokens[index]
+                if not sampling:
+                    keep = choice[index] == proposal
+                else:
+                    p = float(probs[index, proposal])
+                    q = 1.0 if draft_probs is None else float(draft_probs[index, position, proposal])
+                    keep = _uniform(gens[index]) * q < p
+                if keep:
+                    accepted[index] += 1
+                    continue
+                if not sampling:
+                    token = choice[index]
+                else:
+                    if draft_probs is None:
+                        residual = probs[index].clone()
+                        residual[proposal] = 0.0
+                    else:
+                        residual = (probs[index] - draft_probs[index, position]).clamp(min=0.0)
+                    token = _draw(residual, gens[index])
+            else:  # every draft kept: the bonus token
+                token = choice[index] if not sampling else _draw(probs[index], gens[index])
+            stopped[index], own[index], tokens[index] = True, token, token
+        return torch.tensor(tokens, dtype=torch.long)
+
+    def _measure(self, job, rows, live, logits, scores, tokens, taking, stages, position) -> None:
+        """Score, log-probs and trace of the tokens rows take at this position."""
+        tokens = tokens.to(logits.device)
+        if job.logprobs is not None:
+            measured = LogprobBuffer.measure(logits, scores, tokens, job.logprobs)
+            chosen = measured[2][:, 0].tolist()
+            lists = [t.tolist() for t in measured]
+        else:
+            chosen = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+        takers = [index for index, take in enumerate(taking) if take]
+        records = {}
+        if job.trace and stages is not None:
+            records = {r.row: r for r in step_records(0, stages, tokens, job.tokenizer, rows=takers, top=job.top)}
+        for index in takers:
+            row = rows[live[index]]
+            row.score += chosen[index]
+            if row.logprobs is not None:
+                row.logprobs.append(step_logprobs(lists[0][index], lists[1][index], lists[2][index], job))
+            if row.records is not None and index in records:
+                row.records.append(records[index].model_copy(update={"step": len(row.tokens) + position, "row": live[index]}))
+
+
+class SpeculativeConfig(SearchConfig):
+    """Speculative decoding (prompt lookup or a draft model): faster, with exactly the selector's output."""
+
+    kind: Literal["speculative"] = "speculative"
+    prompt_lookup_num_tokens: int | None = Field(
+        default=None, ge=1, description="prompt lookup: draft up to this many tokens that followed an earlier match"
+    )
+    max_matching_ngram_size: int = Field(default=2, ge=1, description="prompt lookup: longest n-gram matched")
+    assistant_model: Any = Field(
+        default=None, description="draft model: a name, folder or .gguf file sharing the target's vocabulary"
+    )
+    num_assistant_tokens: int = Field(default=20, ge=1, description="draft model: tokens drafted per step (start)")
+    num_assistant_tokens_schedule: Schedule = Field(
+        default="heuristic", description="heuristic: +2 after a step that kept every draft, -1 otherwise; or constant"
+    )
+
+    @field_validator("assistant_model")
+    @classmethod
+    def _model_reference(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str) and value:
+            return value
+        if isinstance(value, tuple) and len(value) == 2 or hasattr(value, "model") and hasattr(value, "tokenizer"):
+            return value
+        raise ValueError(
+            f"assistant_model must be a model name, folder or .gguf file, a LoadedModel or a (model, tokenizer) "
+            f"pair; got {type(value).__name__}"
+        )
+
+    @field_serializer("assistant_model")
+    def _model_name(self, value: Any) -> str | None:
+        """A loaded draft model is written as its name (a config file can only name a model)."""
+        if value is None or isinstance(value, str):
+            return value
+        model = value[0] if isinstance(value, tuple) else value.model
+        return getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+
+    @model_validator(mode="after")
+    def _one_drafter(self) -> SpeculativeConfig:
+        if (self.prompt_lookup_num_tokens is None) == (self.assistant_model is None):
+            raise ValueError(
+                "give exactly one drafter: prompt_lookup_num_tokens (e.g. 10) or assistant_model (a draft model "
+                "sharing the vocabulary)"
+            )
+        return self
+
+    def build(self) -> SpeculativeSearch:
+        return SpeculativeSearch(
+            self.prompt_lookup_num_tokens, self.max_matching_ngram_size, self.assistant_model,
+            self.num_assistant_tokens, self.num_assistant_tokens_schedule,
+        )  # fmt: skip
