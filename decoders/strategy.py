@@ -33,10 +33,11 @@ _NOT_STRATEGY_FIELDS = {
     "_from_model_config", "output_attentions", "output_hidden_states",
 }  # fmt: skip
 _WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+_SPECULATIVE_FIELDS = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "num_assistant_tokens_schedule")
 _BEAM_FIELDS = ("length_penalty", "early_stopping", "num_return_sequences", "num_beam_groups", "diversity_penalty")
 _SUPPORTED_FIELDS = {
     "do_sample", "sequence_bias", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
-    "min_new_tokens", "num_beams", "penalty_alpha", *_BEAM_FIELDS, *_WARPER_FIELDS,
+    "min_new_tokens", "num_beams", "penalty_alpha", *_BEAM_FIELDS, *_WARPER_FIELDS, *_SPECULATIVE_FIELDS,
 }  # fmt: skip
 
 
@@ -260,7 +261,15 @@ class Strategy(BaseModel):
                 processors.extend(extra)
                 ignored = [name for name in ignored if name not in used]
         search: dict[str, Any] = {"kind": "single"}
-        if fields.get("penalty_alpha", 0) > 0 and fields.get("top_k", 0) > 1 and not do_sample:
+        if fields.get("prompt_lookup_num_tokens") and fields.get("num_beams", 1) > 1:
+            raise StrategyError(
+                f"the GenerationConfig asks for speculative decoding (prompt_lookup_num_tokens) with beam search "
+                f"(num_beams={fields['num_beams']}): speculative decoding verifies one sequence per prompt; set "
+                "num_beams to 1 or drop prompt_lookup_num_tokens"
+            )
+        if fields.get("prompt_lookup_num_tokens"):
+            search = {"kind": "speculative", **{k: fields[k] for k in _SPECULATIVE_FIELDS if fields.get(k) is not None}}
+        elif fields.get("penalty_alpha", 0) > 0 and fields.get("top_k", 0) > 1 and not do_sample:
             search = {"kind": "contrastive", "penalty_alpha": fields["penalty_alpha"], "top_k": fields["top_k"]}
             ignored = [name for name in ignored if not name.startswith("top_k")]
         elif fields.get("num_beams", 1) > 1:

@@ -27,7 +27,7 @@ from pydantic import Field, field_serializer, field_validator, model_validator
 
 from decoders.chain import Scores, dense
 from decoders.config import SearchConfig
-from decoders.errors import GenerationError, StrategyError
+from decoders.errors import DecodersError, GenerationError, StrategyError
 from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs
 from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun, processed_log_probs, step_logprobs
 from decoders.selectors import Greedy, Sample
@@ -75,7 +75,8 @@ def _uniform(generator: torch.Generator | None) -> float:
 class _Row:
     """One prompt's sequence: committed tokens, text, score, log-probs, draft statistics."""
 
-    def __init__(self, job: SearchJob, prompt: list[int], budget: int):
+    def __init__(self, job: SearchJob, index: int, prompt: list[int], budget: int):
+        self.index = index
         self.prompt = prompt
         self.tokens: list[int] = []
         self.text = job.row_text() if job.texts or job.stops else None
@@ -88,8 +89,15 @@ class _Row:
         self.budget = budget
         self.drafted = self.accepted = self.steps = 0
 
-    def commit(self, job: SearchJob, token: int) -> str:
-        """Append one token; returns the text it made visible. Ends the row at EOS, a stop string or the length."""
+    def commit(self, job: SearchJob, token: int, measured: tuple) -> str:
+        """Append one token with its ``(log-prob, StepLogprobs, StepRecord)`` measurement; returns the text it made
+        visible. Ends the row at EOS, a stop string or the length."""
+        log_prob, logprobs, record = measured
+        self.score += log_prob
+        if self.logprobs is not None:
+            self.logprobs.append(logprobs)
+        if self.records is not None:
+            self.records.append(record.model_copy(update={"step": len(self.tokens), "row": self.index}))
         self.tokens.append(token)
         text = self.text
         if text is not None:
@@ -184,7 +192,7 @@ class SpeculativeSearch(Search):
 
             try:
                 loaded = _resolve_model(self.assistant_model)
-            except GenerationError as error:
+            except DecodersError as error:
                 raise GenerationError(f"assistant_model: {error}") from None
             model = loaded.model
             if not callable(getattr(model, "forward", None)):
@@ -212,7 +220,7 @@ class SpeculativeSearch(Search):
         generators = list(job.generators) if job.generators is not None else None
         prompts = [session.ids[row, pad:].tolist() for row, pad in enumerate(session.padding)]
         budget = self.prompt_lookup_num_tokens or self.num_assistant_tokens
-        rows = [_Row(job, prompt, budget) for prompt in prompts]
+        rows = [_Row(job, index, prompt, budget) for index, prompt in enumerate(prompts)]
         live = list(range(len(rows)))  # original row of each batch row
         chain.context.prompt_lengths = [len(p) for p in prompts]
         draft = None
@@ -243,8 +251,8 @@ class SpeculativeSearch(Search):
         if draft is not None:
             draft.append(tokens.to(draft.device))
         chosen = tokens.tolist()
-        self._measure(job, rows, list(range(len(rows))), logits, scores, tokens, [True] * len(rows), stages, 0)
-        texts = [row.commit(job, token) for row, token in zip(rows, chosen)]
+        measured = self._measure(job, logits, scores, tokens, list(range(len(rows))), stages)
+        texts = [row.commit(job, token, measured[index]) for index, (row, token) in enumerate(zip(rows, chosen))]
         return StepEvent(0, chosen, texts, [row.finished for row in rows])
 
     def _drop_finished(self, job: SearchJob, rows: list[_Row], live: list[int], draft: ModelSession | None) -> list[int]:
@@ -307,8 +315,8 @@ class SpeculativeSearch(Search):
         stopped = [False] * batch
         accepted = [0] * batch
         own = [0] * batch  # the target's own token of each row
-        committed: list[list[int]] = [[] for _ in range(batch)]
-        accepts = 0  # tokens given to chain.accept for this step's positions
+        committed: list[list[tuple[int, tuple]]] = [[] for _ in range(batch)]  # (token, measurement)
+        accepts = 0  # positions whose tokens chain.accept was given
         for position in range(width + 1):
             step_logits = logits[:, position]
             stages, observer = self._observer(job, step_logits)
@@ -317,18 +325,17 @@ class SpeculativeSearch(Search):
             tokens = self._decide(
                 chain, scores, drafts, draft_probs, position, counts, stopped, accepted, own, sampling, row_generators
             )
-            for index in range(batch):
-                if taking[index]:
-                    committed[index].append(int(tokens[index]))
-            self._measure(job, rows, live, step_logits, scores, tokens, taking, stages, position)
+            takers = [index for index, take in enumerate(taking) if take]
+            measured = self._measure(job, step_logits, scores, tokens, takers, stages)
+            for index in takers:
+                committed[index].append((int(tokens[index]), measured[index]))
+            chain.accept(tokens.to(session.device))  # rows that stopped before take theirs back below
+            accepts += 1
             if all(stopped):
                 break
-            chain.accept(drafts[:, position])
-            accepts += 1
 
-        chain.rollback([accepts - accepted[index] for index in range(batch)])
+        chain.rollback([accepts - len(committed[index]) for index in range(batch)])
         corrections = torch.tensor(own, dtype=torch.long, device=session.device)
-        chain.accept(corrections)
         session.rewind([width - accepted[index] for index in range(batch)])
         session.append(corrections)
         if draft is not None:
@@ -357,8 +364,8 @@ class SpeculativeSearch(Search):
                     row.budget = max(1, row.budget - 1)
                 if self.prompt_lookup_num_tokens is not None:
                     row.budget = min(row.budget, self.prompt_lookup_num_tokens)
-            for token in committed[index]:
-                texts[row_index] += row.commit(job, token)
+            for token, measurement in committed[index]:
+                texts[row_index] += row.commit(job, token, measurement)
                 token_ids[row_index] = token
                 if row.finished:
                     break
@@ -384,12 +391,9 @@ class SpeculativeSearch(Search):
             else:
                 tokens = chain.choose(scores)
             drafts[:, position] = tokens
-            if position + 1 < width:
-                chain.accept(tokens)
-                draft.append(tokens.to(draft.device))
-        chain.rollback([max(width - 1, 0)] * batch)
-        if width:
-            draft.append(drafts[:, -1].to(draft.device))
+            chain.accept(tokens)
+            draft.append(tokens.to(draft.device))  # the model sees it at the next position (the last: next step)
+        chain.rollback([width] * batch)
         counts = [max(limit, 0) for limit in limits]
         return drafts, (torch.stack(probs, dim=1) if sampling and probs else None), counts
 
@@ -432,26 +436,26 @@ class SpeculativeSearch(Search):
             stopped[index], own[index], tokens[index] = True, token, token
         return torch.tensor(tokens, dtype=torch.long)
 
-    def _measure(self, job, rows, live, logits, scores, tokens, taking, stages, position) -> None:
-        """Score, log-probs and trace of the tokens rows take at this position."""
+    def _measure(self, job, logits, scores, tokens, takers, stages) -> dict[int, tuple]:
+        """For the rows ``takers`` that take ``tokens`` at this position: ``(log-prob, StepLogprobs, StepRecord)``."""
         tokens = tokens.to(logits.device)
         if job.logprobs is not None:
             measured = LogprobBuffer.measure(logits, scores, tokens, job.logprobs)
             chosen = measured[2][:, 0].tolist()
-            lists = [t.tolist() for t in measured]
+            ids, raw, processed = (t.tolist() for t in measured)
         else:
             chosen = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1).tolist()
-        takers = [index for index, take in enumerate(taking) if take]
         records = {}
         if job.trace and stages is not None:
             records = {r.row: r for r in step_records(0, stages, tokens, job.tokenizer, rows=takers, top=job.top)}
-        for index in takers:
-            row = rows[live[index]]
-            row.score += chosen[index]
-            if row.logprobs is not None:
-                row.logprobs.append(step_logprobs(lists[0][index], lists[1][index], lists[2][index], job))
-            if row.records is not None and index in records:
-                row.records.append(records[index].model_copy(update={"step": len(row.tokens) + position, "row": live[index]}))
+        return {
+            index: (
+                chosen[index],
+                None if job.logprobs is None else step_logprobs(ids[index], raw[index], processed[index], job),
+                records.get(index),
+            )
+            for index in takers
+        }
 
 
 class SpeculativeConfig(SearchConfig):

@@ -200,6 +200,7 @@ class MirostatV2(_RowRule):
     chosen token under the truncated distribution renormalised (as llama.cpp's ``mirostat_v2``). A row whose
     chosen token was not among this processor's survivors (a finished row's padding) keeps its μ.
     :meth:`reorder` follows searches that fork rows (beam search): each new row takes its parent's μ.
+    :meth:`rollback` follows speculative decoding: a row's μ goes back to its value before the tokens it forgets.
 
     Use it with the ``sample`` selector (llama.cpp's mirostat samples by itself).
 
@@ -217,6 +218,7 @@ class MirostatV2(_RowRule):
         self.mirostat_eta = float(mirostat_eta)
         self._mu: torch.Tensor | None = None
         self._last: tuple[torch.Tensor | None, torch.Tensor] | None = None
+        self._history: list[list[float]] = []  # per row, μ before each token it accepted
 
     @property
     def mu(self) -> torch.Tensor | None:
@@ -228,6 +230,7 @@ class MirostatV2(_RowRule):
         rows = len(context.generators) if context.generators is not None else None
         self._mu = None if rows is None else torch.full((rows,), 2 * self.mirostat_tau, dtype=torch.float64)
         self._last = None
+        self._history = []
 
     def apply(self, input_ids, values, ids):
         rows = values.shape[0]
@@ -248,12 +251,29 @@ class MirostatV2(_RowRule):
         if self._last is not None:
             ids, lp = self._last
             self._last = (None if ids is None else ids.index_select(0, rows.to(ids.device)), lp.index_select(0, rows.to(lp.device)))
+        if self._history:
+            self._history = [list(self._history[row]) for row in rows.tolist()]
+
+    def rollback(self, counts):
+        """Row i forgets its last ``counts[i]`` accepted tokens: μ returns to its value before them."""
+        if self._mu is None or not self._history:
+            return
+        mu = self._mu.tolist()
+        for row, count in enumerate(counts):
+            if count:
+                mu[row] = self._history[row][-count]
+                del self._history[row][-count:]
+        self._mu = torch.tensor(mu, dtype=torch.float64, device=self._mu.device)
 
     def accept(self, tokens):
         if self._last is None or self._mu is None:
             return
         ids, lp = self._last
         self._last = None
+        if not self._history:
+            self._history = [[] for _ in range(self._mu.shape[0])]
+        for row, value in enumerate(self._mu.tolist()):
+            self._history[row].append(value)
         tokens = tokens.to(lp.device).view(-1, 1)
         if ids is None:
             chosen = lp.gather(1, tokens.clamp(0, lp.shape[1] - 1)).squeeze(-1)
