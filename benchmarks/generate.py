@@ -8,11 +8,16 @@ runs all N steps in both). Peak memory is the process's peak resident size while
     python benchmarks/generate.py --sections beam logprobs   # some of them (the others keep their last results)
     python benchmarks/generate.py --quick          # a smoke run on a tiny model folder (see --model), in one process
 
-Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``growth`` (ms per token by length),
+Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``throughput`` (in-process alternating
+pairs: greedy batch 1 and balanced batch 16 against ``model.generate``; a chat batch of 8 where 4 answers end
+within 16 tokens and 4 run to 128, EOS honoured, against ``model.generate``; and 6 presets × 8 prompts in one
+mixed call against six single-strategy calls), ``growth`` (ms per token by length),
 ``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses), ``contrastive``
 (contrastive search, α 0.6 and k 4, against greedy decoding, both decoders': transformers 5 ships contrastive search
 only as Hub code, which needs the network) and ``logprobs``
-(the cost of ``logprobs=5`` on balanced sampling at batch 16, in alternating pairs within one process).
+(the cost of ``logprobs=5`` on balanced sampling at batch 16, in alternating pairs within one process) and
+``speculative`` (``benchmarks/speculative.py``: prompt lookup at batch 1 on a grounded and an open-ended chat task
+against plain greedy and transformers' own prompt lookup).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +39,21 @@ STRATEGIES = {
     "beam4": {"do_sample": False, "num_beams": 4},
     "contrastive": {"do_sample": False, "penalty_alpha": 0.6, "top_k": 4},
 }
-SECTIONS = ("main", "growth", "beam", "logprobs", "contrastive")
+SECTIONS = ("main", "throughput", "growth", "beam", "logprobs", "contrastive", "speculative")
+#: the six presets of the mixed-batch comparison (the tutorial's, without beam search)
+MIXED_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced")
+#: chat prompts whose greedy answers (SmolLM2-135M-Instruct) end within 16 tokens (the first four: 8, 3, 8 and 12
+#: tokens) or run past 128 (the last four)
+CHAT_PROMPTS = [
+    "What is the capital of France? Answer in one word.",
+    "Reply with only yes or no: is water wet?",
+    "What is 2 + 2? Give only the number.",
+    "What color is the sky on a clear day? One word.",
+    "Write a long story about a dragon who learns to paint.",
+    "Explain in detail how a car engine works.",
+    "Write a detailed essay about the history of the Roman Empire.",
+    "Describe, step by step, how to bake bread at home.",
+]
 PROMPTS = [
     "The history of the Roman Empire",
     "def fibonacci(n):",
@@ -126,6 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "BATCH", "STRATEGY", "TOKENS", "REPEAT"), help=argparse.SUPPRESS)
     parser.add_argument("--logprobs-worker", nargs=3, type=int, metavar=("BATCH", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
+    parser.add_argument("--paired-worker", nargs=3, metavar=("CASE", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per throughput case")
     parser.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -143,17 +165,24 @@ def main() -> None:
     if args.logprobs_worker:
         print(json.dumps(logprobs_worker(*args.logprobs_worker, args.model)))
         return
+    if args.paired_worker:
+        case, tokens, pairs = args.paired_worker
+        print(json.dumps(paired_worker(case, int(tokens), int(pairs), args.model)))
+        return
     if args.quick:
         args.batch, args.new_tokens, args.growth, args.repeat, args.beam_batch = [2], 4, [4, 8], 1, 2
+        args.pairs = 1
         IN_PROCESS["on"] = True
 
     from rich.console import Console
 
     console = Console()
     previous = json.loads(args.output.read_text()) if args.output.exists() and not args.quick else {}
-    report = {key: previous.get(key, []) for key in ("results", "growth", "beam", "logprobs", "contrastive")}
+    report = {key: previous.get(key, []) for key in ("results", *SECTIONS[1:])}
     if "main" in args.sections:
         report["results"] = main_section(args, console)
+    if "throughput" in args.sections:
+        report["throughput"] = throughput_section(args, console)
     if "growth" in args.sections:
         report["growth"] = growth_section(args, console)
     if "beam" in args.sections:
@@ -162,6 +191,8 @@ def main() -> None:
         report["logprobs"] = logprobs_section(args, console)
     if "contrastive" in args.sections:
         report["contrastive"] = contrastive_section(args, console)
+    if "speculative" in args.sections:
+        report["speculative"] = speculative_section(args)
     import torch
 
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -241,6 +272,17 @@ def contrastive_section(args, console) -> list[dict]:
     return rows
 
 
+def speculative_section(args) -> list[dict]:
+    """Speculative decoding at batch 1, by ``benchmarks/speculative.py`` in its own process (grounded and
+    open-ended chat tasks against plain greedy and transformers' prompt lookup); also in ``results/speculative.json``."""
+    output = RESULTS / "speculative.json" if not args.quick else Path(tempfile.mkdtemp()) / "speculative.json"
+    command = [sys.executable, str(Path(__file__).with_name("speculative.py")), "--output", str(output)]
+    command += ["--quick"] if args.quick else []
+    command += ["--model", args.model] if args.model else []
+    subprocess.run(command, check=True)
+    return json.loads(output.read_text())["rows"]
+
+
 def logprobs_worker(batch: int, new_tokens: int, pairs: int, model_name: str | None) -> dict:
     """Balanced sampling with and without ``logprobs=5``, alternating in one process (so drift hits both alike)."""
     import decoders
@@ -280,6 +322,114 @@ def logprobs_section(args, console) -> list[dict]:
         f"{result['overhead_median']:+.1%}, same tokens: {result['same_tokens']}"
     )
     return [result]
+
+
+#: the throughput cases: what each side runs (``tokens`` new tokens; the chat case's 128 is its own)
+PAIRED_CASES = ("greedy_batch1", "balanced_batch16", "chat_batch8_early_eos", "mixed_6x8")
+
+
+def paired_worker(case: str, new_tokens: int, pairs: int, model_name: str | None) -> dict:
+    """One throughput case, decoders (A) against its baseline (B), alternating A/B and B/A pairs in this process
+    (so the machine's drift hits both alike); the ratio is the median of the pairs' B time / A time."""
+    import torch
+
+    import decoders
+
+    loaded = decoders.load_model(model_name)
+    tokenizer = loaded.tokenizer
+
+    def hf_run(prompts: list[str], options: dict, tokens: int, eos: bool, chat: bool = False) -> list[list[int]]:
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ] if chat else prompts  # fmt: skip
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not chat)
+        config = loaded.model.generation_config
+        eos_ids = list(loaded.eos_token_ids)
+        config.eos_token_id = eos_ids if eos else None
+        with torch.inference_mode():
+            output = loaded.model.generate(
+                **inputs, max_new_tokens=tokens, min_new_tokens=None, pad_token_id=tokenizer.pad_token_id,
+                generation_config=config, **options,
+            )  # fmt: skip
+        rows = output[:, inputs["input_ids"].shape[1] :].tolist()
+        if eos:  # up to and including the first EOS, as decoders reports a row
+            rows = [row[: next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))] for row in rows]
+        return rows
+
+    def ours(prompts, strategy, tokens, **options) -> list[list[int]]:
+        results = decoders.generate(prompts, strategy, model=loaded, max_new_tokens=tokens, **options)
+        return [r.generated_ids for r in results]
+
+    if case == "greedy_batch1":
+        prompts = PROMPTS[:1]
+        run_a = lambda: ours(prompts, "greedy", new_tokens, ignore_eos=True)  # noqa: E731
+        run_b = lambda: hf_run(prompts, STRATEGIES["greedy"], new_tokens, eos=False)  # noqa: E731
+        baseline, compare_tokens = "model.generate", True
+    elif case == "balanced_batch16":
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(16)]
+        chain = decoders.Strategy.from_generation_config(STRATEGIES["balanced"])
+        run_a = lambda: ours(prompts, chain, new_tokens, ignore_eos=True, seed=0)  # noqa: E731
+        run_b = lambda: hf_run(prompts, STRATEGIES["balanced"], new_tokens, eos=False)  # noqa: E731
+        baseline, compare_tokens = "model.generate", False  # different random draws
+    elif case == "chat_batch8_early_eos":
+        new_tokens = 128 if new_tokens >= 16 else new_tokens  # (--quick: a smoke run)
+        chat = bool(getattr(tokenizer, "chat_template", None))  # (a tiny test model has no template)
+        run_a = lambda: ours(CHAT_PROMPTS, "greedy", new_tokens, chat=chat)  # noqa: E731
+        run_b = lambda: hf_run(CHAT_PROMPTS, STRATEGIES["greedy"], new_tokens, eos=True, chat=chat)  # noqa: E731
+        baseline, compare_tokens = "model.generate", True
+    elif case == "mixed_6x8":
+        strategies = [name for name in MIXED_PRESETS for _ in PROMPTS]
+        seeds = [row for _ in MIXED_PRESETS for row in range(len(PROMPTS))]  # row i of every preset: seed 0 + i
+        run_a = lambda: ours(PROMPTS * len(MIXED_PRESETS), strategies, new_tokens, ignore_eos=True, seed=seeds)  # noqa: E731
+        run_b = lambda: [  # noqa: E731
+            ids for name in MIXED_PRESETS for ids in ours(PROMPTS, name, new_tokens, ignore_eos=True, seed=0)
+        ]
+        baseline, compare_tokens = "six single-strategy calls", True
+    else:
+        raise ValueError(f"unknown case {case!r}: one of {', '.join(PAIRED_CASES)}")
+
+    def timed(run) -> tuple[float, list[list[int]]]:
+        start = time.perf_counter()
+        outputs = run()
+        return time.perf_counter() - start, outputs
+
+    timed(run_a), timed(run_b)  # warm up
+    a_times, b_times, identical = [], [], True
+    outputs_a = outputs_b = None
+    for pair in range(pairs):
+        order = (run_a, run_b) if pair % 2 == 0 else (run_b, run_a)
+        (t1, o1), (t2, o2) = timed(order[0]), timed(order[1])
+        (ta, outputs_a), (tb, outputs_b) = ((t1, o1), (t2, o2)) if pair % 2 == 0 else ((t2, o2), (t1, o1))
+        a_times.append(ta)
+        b_times.append(tb)
+        identical &= outputs_a == outputs_b
+    tokens_a = sum(map(len, outputs_a))
+    return {
+        "case": case, "baseline": baseline, "pairs": pairs, "new_tokens": new_tokens, "rows": len(outputs_a),
+        "decoders_s": a_times, "baseline_s": b_times,
+        "speedup_median": statistics.median(b / a for a, b in zip(a_times, b_times)),
+        "generated_tokens": tokens_a, "row_lengths": [len(o) for o in outputs_a],
+        "identical_tokens": identical if compare_tokens else None,
+        "identical_rows": sum(a == b for a, b in zip(outputs_a, outputs_b)) if compare_tokens else None,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def throughput_section(args, console) -> list[dict]:
+    """Each throughput case in its own fresh process, alternating pairs inside it."""
+    rows = []
+    for case in PAIRED_CASES:
+        tokens = args.new_tokens
+        result = in_fresh_process("--paired-worker", paired_worker, case, tokens, args.pairs, model_name=args.model)
+        rows.append(result)
+        same = "" if result["identical_tokens"] is None else f", identical rows {result['identical_rows']}/{result['rows']}"
+        console.print(
+            f"{case}: decoders {statistics.median(result['decoders_s']):.2f} s, {result['baseline']} "
+            f"{statistics.median(result['baseline_s']):.2f} s, speed-up {result['speedup_median']:.2f}× "
+            f"(median of {result['pairs']} alternating pairs{same})"
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,20 +1,33 @@
 """Quality sweeps of decoding strategies: models × strategies × prompts × seeds → generations → metrics.
 
 Reproduces the kind of comparison in Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration",
-Table 1 (perplexity, Self-BLEU-4, Zipf coefficient, repetition %), plus distinct-2, rep-4 and mean entropy
-(see :mod:`decoders.metrics`). A TOML file says what to run (``benchmarks/quality.toml`` is the default).
+Table 1 (perplexity, Self-BLEU-4, Zipf coefficient, repetition %), plus distinct-2 and mean entropy, and the
+metrics of Su et al. 2022, "A Contrastive Framework for Neural Text Generation" (rep-2/3/4, diversity,
+coherence); see :mod:`decoders.metrics`. Every metric comes with a 95 % bootstrap interval over prompts (each
+drawn prompt with all its seeds), seeded so that the same units give the same intervals. A TOML file says
+what to run (``benchmarks/quality.toml`` is the default).
 
 The work is cut into units, one per (model, strategy, seed, batch of prompts) plus one per (model, batch) for
-the human continuations. Each unit generates, scores its texts under the scoring model, and is written to
-``<output>/<name>_units/`` as soon as it finishes; a unit whose file exists is skipped, so an interrupted run
-resumes where it stopped (a unit's file name holds a hash of everything it depends on, so changing the config
-reruns only what changed). Then the metrics are computed from the units and written as
-``<output>/<name>.json``, ``.csv`` and ``.md``, with ``<name>_curves.png`` (metrics vs k, p and temperature)
-and ``<name>_rank_frequency.png`` (token rank-frequency against the human text).
+the human continuations; a strategy that cannot depend on the seed (greedy selection, no sampling search,
+built-in processors only) has one unit per batch, not one per seed. Units run in calls: the units of one batch
+whose strategies use the single search share one ``decoders.generate`` call (a mixed batch, one strategy and
+seed per row; a row's tokens are the same as in a call of its own, up to the numerics of the batch size), and
+the units of any other search share a call with the other seeds of their strategy. Each unit generates,
+scores its texts under the scoring model, and is written to ``<output>/<name>_units/`` as soon as its call
+finishes; a unit whose file exists is skipped, so an interrupted run resumes where it stopped (a unit's file
+name holds a hash of everything it depends on, so changing the config reruns only what changed). Then the
+metrics are computed from the units and written as ``<output>/<name>.json``, ``.csv`` and ``.md``, with
+``<name>_curves.png`` (metrics vs k, p and temperature, with the intervals as error bars) and
+``<name>_rank_frequency.png`` (token rank-frequency against the human text).
+
+``--compare A B`` compares two strategies of a finished sweep: per metric, the difference A − B on the same
+prompts and seeds, with a paired bootstrap interval and whether it excludes zero. ``A@0`` takes only seed 0
+of A, so ``--compare top_p_0.95@0 top_p_0.95@1`` compares a strategy with itself under other seeds.
 
     python benchmarks/quality.py                                   # benchmarks/quality.toml, in this process
     python benchmarks/quality.py my_sweep.toml --executor ray      # the same units on a local Ray cluster
     python benchmarks/quality.py --executor ray --address ray://head:10001
+    python benchmarks/quality.py --compare greedy pure_sampling    # from the units of the finished sweep
 """
 
 from __future__ import annotations
@@ -23,12 +36,12 @@ import argparse
 import csv
 import hashlib
 import json
-import math
 import platform
 import re
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +59,14 @@ from decoders import metrics
 
 DEFAULT_CONFIG = Path(__file__).parent / "quality.toml"
 HUMAN = "human"
-METRICS = ("perplexity", "self_bleu4", "zipf", "repetition_pct", "distinct_2", "mean_entropy", "rep_4")
+METRICS = (
+    "perplexity", "self_bleu4", "zipf", "repetition_pct", "distinct_2", "mean_entropy", "rep_2", "rep_3", "rep_4",
+    "diversity", "coherence",
+)  # fmt: skip
+#: the n-gram lengths of rep-n and diversity (Su et al. 2022)
+REP_NS = (2, 3, 4)
+#: part of every unit's identity: a new number when what a unit's record holds changes
+RECORD_VERSION = 2
 #: the strategies that can sit on a curve: sampling after at most one processor of these kinds
 CURVE_KINDS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature"}
 INSTALL_RAY = "pip install 'decoders-lab[ray]'  (or: pip install 'ray>=2.9')"
@@ -65,10 +85,13 @@ class QualityConfig(BaseModel):
         output: the folder for results and work units.
         prompts: a JSON Lines file with a ``prompt`` and a human ``continuation`` per line.
         max_prompts: use the first this many prompts (all when None).
-        batch_size: prompts per work unit (one ``generate`` call).
+        batch_size: prompts per work unit.
+        rows_per_call: at most this many rows (prompts × units) in one ``generate`` call of single-search
+            units; the units of other searches share a call only with their strategy's other seeds.
         max_new_tokens: tokens per generation; human continuations are cut to as many tokens.
         ignore_eos: generate all ``max_new_tokens`` tokens even past an end-of-sequence token.
-        seeds: one pass over the prompts per seed (prompt ``i`` uses seed ``seed · 1000003 + i``).
+        seeds: one pass over the prompts per seed (prompt ``i`` uses seed ``seed · 1000003 + i``); a strategy that
+            cannot depend on the seed runs once.
         models: what ``decoders.load_model`` accepts (``"default"``: the embedded SmolLM2-135M-Instruct).
         scoring_model: the model perplexity is measured under (None: each generating model scores its own
             texts, as in Holtzman et al.; otherwise the texts are re-tokenized for it).
@@ -76,6 +99,8 @@ class QualityConfig(BaseModel):
         strategies: name → a preset name, an inline strategy table, or a ``.json``/``.toml`` strategy file.
         curve_metrics: the metrics plotted against k, p and temperature.
         rank_frequency_strategies: the strategies drawn on the rank-frequency plot (None: all).
+        bootstrap_resamples: resamples of the prompts behind each interval.
+        bootstrap_seed: the seed of the resampling (the same units and seed give the same intervals).
 
     Example:
         >>> QualityConfig.model_validate({"strategies": {"greedy": "greedy"}}).max_new_tokens
@@ -89,6 +114,7 @@ class QualityConfig(BaseModel):
     prompts: Path = Path("data/britannica1911_shakespeare.jsonl")
     max_prompts: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=10, ge=1)
+    rows_per_call: int = Field(default=256, ge=1)
     max_new_tokens: int = Field(default=64, ge=1)
     ignore_eos: bool = True
     seeds: list[int] = Field(default=[0], min_length=1)
@@ -98,6 +124,8 @@ class QualityConfig(BaseModel):
     strategies: dict[str, str | dict[str, Any]] = Field(min_length=1)
     curve_metrics: list[Literal[METRICS]] = ["perplexity", "self_bleu4", "zipf", "repetition_pct"]  # type: ignore[valid-type]
     rank_frequency_strategies: list[str] | None = None
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    bootstrap_seed: int = Field(default=0, ge=0)
 
     @field_validator("strategies")
     @classmethod
@@ -165,7 +193,7 @@ class Unit:
     Args:
         model: the generating model's name.
         strategy: the strategy's name, or ``"human"``.
-        seed: the seed (None for the human row).
+        seed: the seed (None for the human row, and for a strategy that cannot depend on the seed).
         batch: the batch index; prompts ``batch · batch_size`` onwards.
         spec: the strategy as a dict (None for the human row).
         key: a hash of everything the result depends on, part of the unit's file name.
@@ -196,15 +224,30 @@ def _identity(strategy: decoders.Strategy) -> dict[str, Any]:
     return spec
 
 
+def seeded(strategy: decoders.Strategy) -> bool:
+    """Whether a strategy's tokens can depend on the seed: it samples (its selector, or a sampling search such
+    as stochastic beam), or it has a processor from a plugin (which may draw random numbers).
+
+    Example:
+        >>> seeded(decoders.Strategy.resolve("greedy")), seeded(decoders.Strategy.resolve("top_p"))
+        (False, True)
+    """
+    builtin = all(type(p).__module__ == decoders.builtins.__name__ for p in strategy.processors)
+    return strategy.selector.kind != "greedy" or strategy.build_search().samples or not builtin
+
+
 def plan_units(config: QualityConfig, strategies: dict[str, decoders.Strategy]) -> list[Unit]:
-    """Every unit of the sweep, in the order they run: model, then strategy (human first), seed, batch."""
+    """Every unit of the sweep: model, then strategy (human first), seed, batch. A strategy that cannot depend
+    on the seed (see :func:`seeded`) has one unit per batch, with seed None."""
     prompts = read_prompts(config)
     batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     settings = config.model_dump(mode="json", include={"max_new_tokens", "ignore_eos", "scoring_model"})
+    settings["record"] = RECORD_VERSION
     units = []
     for model in config.models:
         rows = [(HUMAN, None, None)] if config.human else []
-        rows += [(name, _identity(s), seed) for name, s in strategies.items() for seed in config.seeds]
+        for name, strategy in strategies.items():
+            rows += [(name, _identity(strategy), seed) for seed in (config.seeds if seeded(strategy) else [None])]
         for name, spec, seed in rows:
             for index, batch in enumerate(batches):
                 identity = json.dumps([model, spec, seed, batch, settings], sort_keys=True)
@@ -213,27 +256,56 @@ def plan_units(config: QualityConfig, strategies: dict[str, decoders.Strategy]) 
     return units
 
 
+def plan_calls(config: QualityConfig, units: list[Unit]) -> list[list[Unit]]:
+    """The units grouped into ``generate`` calls, in the order of their first unit.
+
+    A call holds units of one model and one batch of prompts, so every row has the padding it would have
+    alone: the units whose strategies use the single search (a mixed batch, at most ``rows_per_call`` rows),
+    or one strategy's units of another search (its seeds), or the human row's unit alone.
+    """
+    size = len(read_prompts(config)[: config.batch_size])
+    groups: dict[tuple, list[list[Unit]]] = {}
+    for unit in units:
+        search = None if unit.spec is None else unit.spec.get("search")
+        mixable = unit.spec is not None and search is None
+        key = (unit.model, unit.batch, "single" if mixable else unit.strategy)
+        calls = groups.setdefault(key, [[]])
+        full = unit.spec is None or (mixable and (len(calls[-1]) + 1) * size > max(config.rows_per_call, size))
+        if calls[-1] and full:
+            calls.append([])
+        calls[-1].append(unit)
+    return [call for calls in groups.values() for call in calls]
+
+
 def _load(name: str | None) -> Any:
     return decoders.load_model(None if name in (None, "default") else name)
 
 
-def run_unit(config: QualityConfig, unit: Unit) -> dict[str, Any]:
-    """Generate (or take the human text of) one unit's prompts and score every continuation.
+def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
+    """Generate (or take the human text of) the prompts of a call's units and score every continuation.
+
+    The units share a model and a batch of prompts (see :func:`plan_calls`); one ``decoders.generate`` call
+    runs them all, each row with its unit's strategy and seed. With no ``scoring_model``, a continuation's NLL
+    is the generating model's own log-probability of each token, recorded during generation.
 
     Returns:
-        the unit's record: for each prompt its index, text, continuation token ids, the sum and count of the
-        continuation's NLL under the scoring model, and (generated rows) the mean entropy of its steps.
+        each unit's record: for each prompt its index, the seed, the text, continuation token ids, the sum and
+        count of the continuation's NLL under the scoring model, the mean entropy of its steps (None for the
+        human text and for beams) and the coherence of prompt and continuation (:func:`metrics.coherence` of
+        the scoring model's mean-pooled embeddings).
 
     Example:
-        >>> record = run_unit(config, plan_units(config, strategies)[0])  # doctest: +SKIP
+        >>> [record] = run_call(config, plan_units(config, strategies)[:1])  # doctest: +SKIP
         >>> record["rows"][0].keys()  # doctest: +SKIP
-        dict_keys(['prompt_index', 'text', 'token_ids', 'nll_sum', 'nll_count', 'mean_entropy'])
+        dict_keys(['prompt_index', 'seed', 'text', 'token_ids', 'nll_sum', 'nll_count', 'mean_entropy', 'coherence'])
     """
-    loaded = _load(unit.model)
-    first = unit.batch * config.batch_size
+    loaded = _load(units[0].model)
+    first = units[0].batch * config.batch_size
     batch = read_prompts(config)[first : first + config.batch_size]
     prompts = [row["prompt"] for row in batch]
-    if unit.spec is None:
+    own_scores = config.scoring_model is None
+    nlls: list[list[float] | None]
+    if units[0].spec is None:
         tokenizer = loaded.tokenizer
         prompt_ids = tokenizer(prompts)["input_ids"]
         token_ids = [
@@ -241,54 +313,87 @@ def run_unit(config: QualityConfig, unit: Unit) -> dict[str, Any]:
             for ids in tokenizer([row["continuation"] for row in batch], add_special_tokens=False)["input_ids"]
         ]
         texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-        entropies = [None] * len(batch)
+        entropies, nlls = [None] * len(batch), [None] * len(batch)
     else:
+        specs = [unit.spec for unit in units for _ in batch]
         results = decoders.generate(
-            prompts, unit.spec, model=loaded, max_new_tokens=config.max_new_tokens,
-            seed=[unit.seed * 1_000_003 + first + i for i in range(len(batch))], trace=True, top=1,
-            ignore_eos=config.ignore_eos,
+            prompts * len(units), specs if len({json.dumps(s, sort_keys=True) for s in specs}) > 1 else specs[0],
+            model=loaded, max_new_tokens=config.max_new_tokens,
+            seed=[(unit.seed or 0) * 1_000_003 + first + i for unit in units for i in range(len(batch))],
+            trace=True, top=1, ignore_eos=config.ignore_eos, logprobs=0 if own_scores else None,
         )  # fmt: skip
         prompt_ids = [r.prompt_ids for r in results]
-        token_ids = [r.generated_ids[:-1] if r.finish_reason == "eos" else r.generated_ids for r in results]
+        kept = [len(r.generated_ids) - (r.finish_reason == "eos") for r in results]
+        token_ids = [r.generated_ids[:n] for r, n in zip(results, kept)]
         texts = [r.text for r in results]
         entropies = [metrics.mean_entropy(r.steps) if r.steps is not None else None for r in results]  # None: beams
-    if config.scoring_model is None:
+        # a search that records no log-probabilities (stochastic beam) is scored by a forward pass below
+        nlls = [
+            [-t.chosen.raw for t in r.logprobs[:n]] if own_scores and r.logprobs is not None else None
+            for r, n in zip(results, kept)
+        ]
+    if own_scores:
         scorer, score_prompts, score_continuations = loaded, prompt_ids, token_ids
     else:
         scorer = _load(config.scoring_model)
-        score_prompts = scorer.tokenizer(prompts)["input_ids"]
+        score_prompts = scorer.tokenizer(prompts)["input_ids"] * (len(texts) // len(prompts))
         score_continuations = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    nlls = metrics.continuation_nlls(scorer, score_prompts, score_continuations)
-    rows = [
-        {"prompt_index": first + i, "text": text, "token_ids": ids, "nll_sum": sum(nll), "nll_count": len(nll),
-         "mean_entropy": entropy}
-        for i, (text, ids, nll, entropy) in enumerate(zip(texts, token_ids, nlls, entropies))
-    ]  # fmt: skip
-    return {"unit": asdict(unit), "rows": rows}
+    missing = [i for i, nll in enumerate(nlls) if nll is None]
+    for i, nll in zip(missing, metrics.continuation_nlls(
+        scorer, [score_prompts[i] for i in missing], [score_continuations[i] for i in missing]
+    )):  # fmt: skip
+        nlls[i] = nll
+    coherences = _coherences(scorer, score_prompts[: len(prompts)], score_continuations)
+    records = []
+    for index, unit in enumerate(units):
+        rows = []
+        for i in range(len(batch)):
+            row = index * len(batch) + i
+            rows.append({
+                "prompt_index": first + i, "seed": unit.seed, "text": texts[row], "token_ids": token_ids[row],
+                "nll_sum": sum(nlls[row]), "nll_count": len(nlls[row]), "mean_entropy": entropies[row],
+                "coherence": coherences[row],
+            })  # fmt: skip
+        records.append({"unit": asdict(unit), "rows": rows})
+    return records
 
 
-def _local_runner(config: QualityConfig, units: list[Unit]) -> Iterator[tuple[Unit, dict]]:
-    for unit in units:
-        yield unit, run_unit(config, unit)
+def _coherences(scorer: Any, prompt_ids: list[list[int]], continuation_ids: list[list[int]]) -> list[float | None]:
+    """The coherence of each continuation with its prompt (row ``i`` continues prompt ``i mod len(prompt_ids)``);
+    None for an empty continuation."""
+    prompts = metrics.mean_pooled_embeddings(scorer, prompt_ids)
+    filled = [i for i, ids in enumerate(continuation_ids) if ids]
+    values: list[float | None] = [None] * len(continuation_ids)
+    if filled:
+        continuations = metrics.mean_pooled_embeddings(scorer, [continuation_ids[i] for i in filled])
+        scores = metrics.coherence(prompts[[i % len(prompt_ids) for i in filled]], continuations)
+        for i, score in zip(filled, scores):
+            values[i] = score
+    return values
 
 
-def _ray_runner(address: str | None) -> Callable[[QualityConfig, list[Unit]], Iterator[tuple[Unit, dict]]]:
-    """A runner that sends each unit to a Ray task and yields the results as they finish."""
+def _local_runner(config: QualityConfig, calls: list[list[Unit]]) -> Iterator[tuple[Unit, dict]]:
+    for units in calls:
+        yield from zip(units, run_call(config, units))
+
+
+def _ray_runner(address: str | None) -> Callable[[QualityConfig, list[list[Unit]]], Iterator[tuple[Unit, dict]]]:
+    """A runner that sends each call to a Ray task and yields its units' results as each call finishes."""
     try:
         import ray
     except ImportError as exc:
         raise SystemExit(f"--executor ray needs Ray, which could not be imported ({exc}): {INSTALL_RAY}") from None
 
-    def run(config: QualityConfig, units: list[Unit]) -> Iterator[tuple[Unit, dict]]:
+    def run(config: QualityConfig, calls: list[list[Unit]]) -> Iterator[tuple[Unit, dict]]:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         # this file is not an installed module: send its functions by value, so workers need only decoders
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        remote = ray.remote(num_cpus=1)(run_unit)
-        pending = {remote.remote(config, unit): unit for unit in units}
+        remote = ray.remote(num_cpus=1)(run_call)
+        pending = {remote.remote(config, units): units for units in calls}
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            yield pending.pop(done), ray.get(done)
+            yield from zip(pending.pop(done), ray.get(done))
 
     return run
 
@@ -296,15 +401,16 @@ def _ray_runner(address: str | None) -> Callable[[QualityConfig, list[Unit]], It
 def run_units(
     config: QualityConfig,
     units: list[Unit],
-    runner: Callable[[QualityConfig, list[Unit]], Iterator[tuple[Unit, dict]]] = _local_runner,
+    runner: Callable[[QualityConfig, list[list[Unit]]], Iterator[tuple[Unit, dict]]] = _local_runner,
     console: Console | None = None,
 ) -> list[dict]:
-    """Run the units that have no file yet (writing each file as it finishes) and return every unit's record.
+    """Run the units that have no file yet (in calls, see :func:`plan_calls`; each file written as its call
+    finishes) and return every unit's record.
 
     Args:
         config: the sweep config.
         units: from :func:`plan_units`.
-        runner: runs units and yields ``(unit, record)`` as each finishes (local, or Ray's).
+        runner: runs calls and yields ``(unit, record)`` as each call finishes (local, or Ray's).
         console: where the progress bar goes.
     """
     folder = config.output / f"{config.name}_units"
@@ -315,7 +421,7 @@ def run_units(
     )  # fmt: skip
     with progress:
         task = progress.add_task(f"work units ({len(units) - len(pending)} already done)", total=len(pending))
-        for unit, record in runner(config, pending):
+        for unit, record in runner(config, plan_calls(config, pending)):
             path = unit.path(folder)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.with_suffix(".tmp").write_text(json.dumps(record))
@@ -329,37 +435,166 @@ def run_units(
 # ---- metrics, tables and plots ------------------------------------------------------------------------------
 
 
-def summarize(config: QualityConfig, strategies: dict[str, decoders.Strategy], records: list[dict]) -> list[dict]:
-    """One row of metrics per (model, strategy), human first, from the units' records.
+class MetricData:
+    """One strategy's generations as per-prompt totals, from which every metric of any resample of the prompts
+    follows (a resample is a weight per prompt: how often it was drawn).
 
-    Perplexity pools the NLL of every token; Self-BLEU-4 is taken over each seed's generations and averaged
-    over seeds; the other metrics pool all generations.
+    Perplexity, mean entropy, repetition %, rep-n, distinct-2, Self-BLEU-4 and coherence are ratios of sums over
+    texts (:func:`metrics.ratio_of_sums`); diversity is a product of three of them; the Zipf coefficient is fitted
+    to the resample's token counts. Two terms are measured once on all the texts, then resampled as they are:
+    each text's BLEU against the other texts of its seed, and its share of distinct bigrams (each bigram
+    counts ``1 / (its occurrences)``, so the shares add up to the number of distinct bigrams) — resampling the
+    texts themselves would pair a text with its own copy.
+
+    Args:
+        rows: the records' rows (``prompt_index``, ``seed``, ``text``, ``token_ids``, ``nll_sum``, ...).
+        prompts: the prompt indices, in the order of the weights (None: those of the rows, sorted).
+
+    Example:
+        >>> data = MetricData(rows)  # doctest: +SKIP
+        >>> data.value("perplexity"), data.interval("perplexity", seed=0)  # doctest: +SKIP
+        (2.9, (2.7, 3.1))
     """
+
+    def __init__(self, rows: list[dict], prompts: list[int] | None = None):
+        self.prompts = prompts if prompts is not None else sorted({row["prompt_index"] for row in rows})
+        position = {prompt: i for i, prompt in enumerate(self.prompts)}
+        if {row["prompt_index"] for row in rows} != set(self.prompts):
+            raise ValueError("the rows do not cover the same prompts as the other side: compare the same prompts")
+        self.totals: dict[str, np.ndarray] = {}
+        by_seed: dict[Any, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_seed.setdefault(row["seed"], []).append(index)
+        bleu = np.full(len(rows), np.nan)
+        for members in by_seed.values():
+            if len(members) >= 2:
+                bleu[members] = metrics.self_bleu_scores([rows[i]["text"] for i in members])
+        bigrams = Counter(gram for row in rows for gram in metrics.ngrams(row["token_ids"], 2))
+        vocabulary = {token: i for i, token in enumerate(sorted({t for row in rows for t in row["token_ids"]}))}
+        self.token_counts = np.zeros((len(self.prompts), len(vocabulary)))
+        for index, row in enumerate(rows):
+            add = self._adder(position[row["prompt_index"]])
+            grams = metrics.ngrams(row["token_ids"], 2)
+            add("nll", row["nll_sum"]), add("tokens", row["nll_count"]), add("texts", 1)
+            add("loops", 100.0 * metrics.ends_in_loop(row["token_ids"]))
+            add("distinct", sum(1 / bigrams[g] for g in grams)), add("bigrams", len(grams))
+            for n in REP_NS:
+                grams = metrics.ngrams(row["token_ids"], n)
+                add(f"unique_{n}", len(set(grams))), add(f"ngrams_{n}", len(grams))
+            if not np.isnan(bleu[index]):
+                add("bleu", bleu[index]), add("bleu_texts", 1)
+            if row["mean_entropy"] is not None:
+                add("entropy", row["mean_entropy"] * row["nll_count"]), add("entropy_tokens", row["nll_count"])
+            if row["coherence"] is not None:
+                add("coherence", row["coherence"]), add("coherent_texts", 1)
+            np.add.at(self.token_counts[position[row["prompt_index"]]], [vocabulary[t] for t in row["token_ids"]], 1)
+
+    def _adder(self, prompt: int) -> Callable[[str, float], None]:
+        def add(name: str, value: float) -> None:
+            self.totals.setdefault(name, np.zeros(len(self.prompts)))[prompt] += value
+
+        return add
+
+    def _ratio(self, numerator: str, denominator: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        if denominator not in self.totals:
+            return None
+        return metrics.ratio_of_sums(self.totals[numerator], self.totals[denominator])
+
+    def statistic(self, metric: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The metric as a function of prompt weights ``[B, prompts]`` → ``[B]``; None when it does not apply
+        (mean entropy without a trace, Self-BLEU of single texts)."""
+        if metric == "perplexity":
+            return lambda weights: np.exp(self._ratio("nll", "tokens")(weights))
+        if metric == "zipf":
+            return self._zipf
+        if metric == "diversity":
+            ratios = [self._ratio(f"unique_{n}", f"ngrams_{n}") for n in REP_NS]
+            return lambda weights: np.prod([ratio(weights) for ratio in ratios], axis=0)
+        if metric.startswith("rep_"):
+            ratio = self._ratio(f"unique_{metric[4:]}", f"ngrams_{metric[4:]}")
+            return lambda weights: 1 - ratio(weights)
+        numerator, denominator = {
+            "self_bleu4": ("bleu", "bleu_texts"), "repetition_pct": ("loops", "texts"),
+            "distinct_2": ("distinct", "bigrams"), "mean_entropy": ("entropy", "entropy_tokens"),
+            "coherence": ("coherence", "coherent_texts"),
+        }[metric]  # fmt: skip
+        return self._ratio(numerator, denominator)
+
+    def _zipf(self, weights: np.ndarray) -> np.ndarray:
+        """The Zipf coefficient of each resample: −slope of log frequency vs log rank (least squares)."""
+        slopes = []
+        with np.errstate(invalid="ignore", divide="ignore"):  # one distinct token: no slope (NaN, left out)
+            for chunk in np.array_split(weights, max(1, len(weights) // 100)):
+                counts = -np.sort(-(chunk @ self.token_counts), axis=1)
+                mask = counts > 0
+                x = np.where(mask, np.log(np.arange(1, counts.shape[1] + 1)), 0.0)
+                y = np.where(mask, np.log(np.where(mask, counts, 1.0)), 0.0)
+                n = mask.sum(axis=1)
+                dx = np.where(mask, x - (x.sum(axis=1) / n)[:, None], 0.0)
+                dy = np.where(mask, y - (y.sum(axis=1) / n)[:, None], 0.0)
+                slopes.append((dx * dy).sum(axis=1) / (dx * dx).sum(axis=1))
+        return -np.concatenate(slopes)
+
+    def value(self, metric: str) -> float | None:
+        """The metric on all the texts (every prompt weighted 1)."""
+        statistic = self.statistic(metric)
+        return None if statistic is None else float(statistic(np.ones((1, len(self.prompts))))[0])
+
+    def interval(self, metric: str, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+        """The metric's 95 % interval over the prompts (see :func:`interval`)."""
+        statistic = self.statistic(metric)
+        return None if statistic is None else interval(metric, statistic, len(self.prompts), resamples, seed)
+
+
+def interval(
+    metric: str, statistic: Callable[[np.ndarray], np.ndarray], prompts: int, resamples: int, seed: int
+) -> tuple[float, float]:
+    """A metric's 95 % interval: the percentile bootstrap over prompts, except for the Zipf coefficient.
+
+    A bootstrap resample repeats whole texts, which doubles the counts of their rare tokens and steepens the
+    fitted Zipf slope (in a trial on 15 prompts of the default sweep, the percentile interval lay above the
+    coefficient of the texts themselves for every strategy); its interval is the delete-one-prompt jackknife's normal interval instead, which
+    repeats nothing (:func:`metrics.jackknife_interval`).
+    """
+    if metric == "zipf":
+        return metrics.jackknife_interval(statistic, prompts)
+    return metrics.bootstrap_interval(statistic, prompts, resamples=resamples, seed=seed)
+
+
+def _by_strategy(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The rows of each (model, strategy), in the records' order."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         unit = record["unit"]
-        grouped.setdefault((unit["model"], unit["strategy"]), []).append(record)
+        grouped.setdefault((unit["model"], unit["strategy"]), []).extend(record["rows"])
+    return grouped
+
+
+def summarize(config: QualityConfig, strategies: dict[str, decoders.Strategy], records: list[dict]) -> list[dict]:
+    """One row of metrics per (model, strategy), human first, from the units' records, each metric with its 95 %
+    bootstrap interval over prompts in ``ci95`` (see :class:`MetricData`).
+
+    Perplexity pools the NLL of every token; Self-BLEU-4 is each generation's BLEU against the others of the same
+    seed, averaged; rep-n and diversity pool the n-gram counts (Su et al. 2022); the other metrics pool all
+    generations.
+    """
     summary = []
-    for (model, name), group in grouped.items():
-        rows = [row for record in group for row in record["rows"]]
-        by_seed: dict[Any, list[str]] = {}
-        for record in group:
-            by_seed.setdefault(record["unit"]["seed"], []).extend(row["text"] for row in record["rows"])
-        sequences = [row["token_ids"] for row in rows]
-        steps = [(row["mean_entropy"], row["nll_count"]) for row in rows if row["mean_entropy"] is not None]
+    for (model, name), rows in _by_strategy(records).items():
+        data = MetricData(rows)
+        values = {metric: data.value(metric) for metric in METRICS}
+        intervals = {
+            metric: data.interval(metric, resamples=config.bootstrap_resamples, seed=config.bootstrap_seed)
+            for metric in METRICS
+        }
         summary.append({
-            "strategy": name,
-            "perplexity": math.exp(sum(r["nll_sum"] for r in rows) / sum(r["nll_count"] for r in rows)),
-            "self_bleu4": float(np.mean([metrics.self_bleu(texts) for texts in by_seed.values()])),
-            "zipf": metrics.zipf_coefficient(sequences),
-            "repetition_pct": metrics.repetition_pct(sequences),
-            "distinct_2": metrics.distinct_n(sequences, 2),
-            "mean_entropy": float(np.average([e for e, _ in steps], weights=[n for _, n in steps])) if steps else None,
-            "rep_4": metrics.rep_n(sequences, 4),
+            "strategy": name, **values,
+            "ci95": {metric: None if ci is None else list(ci) for metric, ci in intervals.items()},
             "model": model,
             "description": "human continuation" if name == HUMAN else strategies[name].describe(),
             "generations": len(rows),
-            "tokens": sum(len(s) for s in sequences),
+            "prompts": len(data.prompts),
+            "seeds": len({row["seed"] for row in rows}),
+            "tokens": sum(len(row["token_ids"]) for row in rows),
         })  # fmt: skip
     return summary
 
@@ -372,16 +607,39 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _with_interval(value: Any, interval: list[float] | None) -> str:
+    """``mean [lo, hi]``, or the value alone when it has no interval."""
+    if interval is None:
+        return _format(value)
+    return f"{_format(value)} [{_format(interval[0])}, {_format(interval[1])}]"
+
+
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a Markdown table (one row per model and strategy)."""
+    """The summary as a Markdown table (one row per model and strategy), each metric as ``mean [lo, hi]``."""
     several = len({row["model"] for row in summary}) > 1
     columns = (["model"] if several else []) + ["strategy", "description", *METRICS]
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" if c in ("model", "strategy", "description") else "---:" for c in columns) + "|",
     ]
-    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in summary]
+    lines += [
+        "| " + " | ".join(_with_interval(row[c], row["ci95"].get(c)) if c in METRICS else _format(row[c])
+                          for c in columns) + " |"
+        for row in summary
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _csv_rows(summary: list[dict]) -> list[dict]:
+    """The summary flattened for CSV: each metric's interval as ``<metric>_lo`` and ``<metric>_hi`` columns."""
+    flat = []
+    for row in summary:
+        out = {key: value for key, value in row.items() if key != "ci95"}
+        for metric in METRICS:
+            interval = row["ci95"][metric]
+            out[f"{metric}_lo"], out[f"{metric}_hi"] = interval if interval is not None else (None, None)
+        flat.append(out)
+    return flat
 
 
 def curve_points(strategies: dict[str, decoders.Strategy]) -> dict[str, list[tuple[float, str]]]:
@@ -423,7 +681,8 @@ def _pyplot() -> Any:
 def plot_curves(
     summary: list[dict], strategies: dict[str, decoders.Strategy], config: QualityConfig, path: Path
 ) -> Path | None:
-    """Each curve metric against k, p and temperature, with the human value as a dashed line."""
+    """Each curve metric against k, p and temperature with its 95 % interval as error bars, and the human value
+    as a dashed line in its shaded interval."""
     plt = _pyplot()
 
     points = curve_points(strategies)
@@ -438,11 +697,17 @@ def plot_curves(
     for column, (kind, curve) in enumerate(points.items()):
         for row, metric in enumerate(metrics_shown):
             axis = axes[row][column]
-            xs = [x for x, name in curve if values[name][metric] is not None]
-            ys = [values[name][metric] for _, name in curve if values[name][metric] is not None]
+            shown = [(x, values[name]) for x, name in curve if values[name][metric] is not None]
+            xs, ys = [x for x, _ in shown], [row[metric] for _, row in shown]
+            lows, highs = [row["ci95"][metric][0] for _, row in shown], [row["ci95"][metric][1] for _, row in shown]
             axis.plot(xs, ys, "o-", color="tab:blue")
+            # the interval as a bar from low to high (a percentile interval need not be centred on the value)
+            axis.vlines(xs, lows, highs, color="tab:blue", linewidth=1.2)
+            axis.plot(xs + xs, lows + highs, "_", color="tab:blue", markersize=8)
             if HUMAN in values and values[HUMAN][metric] is not None:
-                axis.axhline(values[HUMAN][metric], color="black", linestyle="--", linewidth=1, label="human")
+                human = values[HUMAN]
+                axis.axhline(human[metric], color="black", linestyle="--", linewidth=1, label="human (95 % band)")
+                axis.axhspan(*human["ci95"][metric], color="black", alpha=0.08, linewidth=0)
             if kind == "top_k":
                 axis.set_xscale("log")
             if metric == "perplexity":
@@ -452,7 +717,7 @@ def plot_curves(
             if row == len(metrics_shown) - 1:
                 axis.set_xlabel(labels[kind])
     axes[0][0].legend(loc="best")
-    figure.suptitle(f"{config.name}: metrics vs decoding parameter (dashed: human text)")
+    figure.suptitle(f"{config.name}: metrics vs decoding parameter, 95 % intervals (dashed: human text)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -509,9 +774,10 @@ def write_results(
     payload = {"config": settings, "machine": machine, "executor": executor, "runtime_s": runtime_s, "results": summary}
     written[0].write_text(json.dumps(payload, indent=2) + "\n")
     with written[1].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summary[0]))
+        flat = _csv_rows(summary)
+        writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
         writer.writeheader()
-        writer.writerows(summary)
+        writer.writerows(flat)
     written[2].write_text(markdown_table(summary))
     for model in config.models:
         suffix = "" if len(config.models) == 1 else f"_{_slug(model)}"
@@ -549,15 +815,123 @@ def run_sweep(
     paths = write_results(config, strategies, records, runtime, executor)
     summary = json.loads(paths[0].read_text())["results"]
     table = Table(
-        title=f"{config.name}: {summary[0]['generations']} prompts × {config.max_new_tokens} tokens, {runtime:.0f} s"
+        title=f"{config.name}: {summary[0]['prompts']} prompts × {len(config.seeds)} seeds × {config.max_new_tokens} "
+        f"tokens, {runtime:.0f} s (mean [95 % interval])"
     )
     for column in ["strategy", *METRICS]:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in summary:
-        table.add_row(*(_format(row[c]) for c in ["strategy", *METRICS]))
+        table.add_row(row["strategy"], *(_with_interval(row[c], row["ci95"][c]) for c in METRICS))
     console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return summary
+
+
+def _side(name: str, strategies: dict[str, decoders.Strategy]) -> tuple[str, set[int] | None]:
+    """``"top_p"`` → ("top_p", None: every seed); ``"top_p@0,2"`` → ("top_p", {0, 2})."""
+    strategy, _, seeds = name.partition("@")
+    if strategy not in {HUMAN, *strategies}:
+        raise ConfigError(f"--compare: no strategy '{strategy}' in the config; it has {', '.join([HUMAN, *strategies])}")
+    try:
+        chosen = {int(seed) for seed in seeds.split(",")} if seeds else None
+    except ValueError:
+        raise ConfigError(f"--compare {name}: after '@' come seeds separated by commas, e.g. {strategy}@0,1") from None
+    return strategy, chosen
+
+
+def compare(
+    config: QualityConfig, strategies: dict[str, decoders.Strategy], records: list[dict], a: str, b: str
+) -> dict[str, Any]:
+    """The paired difference A − B of every metric over the same prompts, with its 95 % bootstrap interval.
+
+    Both sides are resampled with the same draws of prompts (each drawn prompt with all its seeds), so what the
+    prompts have in common cancels out. A side is a strategy name, or ``name@s,t`` for only seeds ``s`` and
+    ``t`` of it (a strategy that cannot depend on the seed has the same texts for every seed). Uses the config's
+    first model.
+
+    Returns:
+        ``{"a", "b", "model", "prompts", "resamples", "bootstrap_seed", "metrics": {metric: {"a", "b",
+        "difference", "ci95": [lo, hi], "excludes_zero"}}}`` (a metric that applies to one side only is left out).
+
+    Example:
+        >>> compare(config, strategies, records, "greedy", "pure_sampling")["metrics"]["perplexity"]  # doctest: +SKIP
+        {'a': 2.9, 'b': 36.1, 'difference': -33.2, 'ci95': [-39.0, -28.1], 'excludes_zero': True}
+    """
+    model = config.models[0]
+    grouped = _by_strategy(records)
+    sides = []
+    for name in (a, b):
+        strategy, seeds = _side(name, strategies)
+        rows = [r for r in grouped[(model, strategy)] if seeds is None or r["seed"] is None or r["seed"] in seeds]
+        if not rows:
+            raise ConfigError(f"--compare {name}: the sweep has no generations of {strategy} with seeds {sorted(seeds)}")
+        sides.append(rows)
+    prompts = sorted({row["prompt_index"] for row in sides[0]})
+    data_a, data_b = MetricData(sides[0], prompts), MetricData(sides[1], prompts)
+    results = {}
+    for metric in METRICS:
+        first, second = data_a.statistic(metric), data_b.statistic(metric)
+        if first is None or second is None:
+            continue
+        low, high = interval(
+            metric, lambda weights: first(weights) - second(weights), len(prompts), config.bootstrap_resamples,
+            config.bootstrap_seed,
+        )  # fmt: skip
+        value_a, value_b = data_a.value(metric), data_b.value(metric)
+        results[metric] = {
+            "a": value_a, "b": value_b, "difference": value_a - value_b, "ci95": [low, high],
+            "excludes_zero": bool(low > 0 or high < 0),
+        }  # fmt: skip
+    return {
+        "a": a, "b": b, "model": model, "prompts": len(prompts), "resamples": config.bootstrap_resamples,
+        "bootstrap_seed": config.bootstrap_seed, "metrics": results,
+    }  # fmt: skip
+
+
+def compare_markdown(comparison: dict[str, Any]) -> str:
+    """A comparison as a Markdown table: per metric A, B, A − B [95 % interval] and whether it excludes zero."""
+    a, b = comparison["a"], comparison["b"]
+    lines = [
+        f"{a} − {b}: paired bootstrap over {comparison['prompts']} prompts (all seeds of a drawn prompt), "
+        f"{comparison['resamples']} resamples, seed {comparison['bootstrap_seed']}\n",
+        f"| metric | {a} | {b} | difference [95 % interval] | excludes 0 |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for metric, row in comparison["metrics"].items():
+        lines.append(
+            f"| {metric} | {_format(row['a'])} | {_format(row['b'])} | {_with_interval(row['difference'], row['ci95'])} "
+            f"| {'yes' if row['excludes_zero'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(config_path: str | Path, a: str, b: str, console: Console | None = None) -> dict[str, Any]:
+    """Compare two strategies of a finished sweep (:func:`compare`) from its unit files; write
+    ``<output>/<name>_compare_<a>_vs_<b>.json`` and ``.md`` and print the table.
+
+    Example:
+        >>> run_compare("benchmarks/quality.toml", "greedy", "pure_sampling")["metrics"]["rep_4"]["excludes_zero"]  # doctest: +SKIP
+        True
+    """
+    console = console or Console()
+    config, strategies = load_config(config_path)
+    names = {_side(side, strategies)[0] for side in (a, b)}
+    folder = config.output / f"{config.name}_units"
+    units = [u for u in plan_units(config, strategies) if u.strategy in names and u.model == config.models[0]]
+    missing = [u for u in units if not u.path(folder).is_file()]
+    if missing:
+        raise ConfigError(
+            f"--compare: {len(missing)} of the {len(units)} units of {' and '.join(sorted(names))} are not in {folder} "
+            f"(e.g. {missing[0].strategy}, batch {missing[0].batch}): run the sweep first"
+        )
+    comparison = compare(config, strategies, [json.loads(u.path(folder).read_text()) for u in units], a, b)
+    stem = f"{config.name}_compare_{_slug(a.replace('@', '_seed'))}_vs_{_slug(b.replace('@', '_seed'))}"
+    (config.output / f"{stem}.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    table = compare_markdown(comparison)
+    (config.output / f"{stem}.md").write_text(table)
+    console.print(table)
+    console.print(f"wrote {config.output / stem}.json, .md")
+    return comparison
 
 
 def main() -> None:
@@ -565,11 +939,19 @@ def main() -> None:
     parser.add_argument("config", nargs="?", type=Path, default=DEFAULT_CONFIG, help="sweep config (TOML)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="where the work units run")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"),
+        help="instead of running: the paired difference A − B of every metric over the finished sweep's prompts, "
+        "with its 95%% interval (A@0,1: only seeds 0 and 1 of A)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.address and args.executor != "ray":
         parser.error("--address goes with --executor ray")
     try:
-        run_sweep(args.config, args.executor, args.address)
+        if args.compare:
+            run_compare(args.config, *args.compare)
+        else:
+            run_sweep(args.config, args.executor, args.address)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -6,9 +6,12 @@ For each batch size B, vocabulary size V, chain and kind of logits, the same log
     (``argmax`` for greedy), which is what ``model.generate(do_sample=True)`` does each step,
   * the floor: one ``amax`` pass over the logits (reading them once is the least any exact chain must do).
 
-Logits are "synthetic" (Gaussian with a few peaked tokens) or "realistic": next-token logits of the embedded
+Logits are "synthetic" (Gaussian with a few peaked tokens), "realistic": next-token logits of the embedded
 SmolLM2 model over varied texts (V = 49152; for larger V each row is extended with values resampled from its
-own lower 90%, which keeps the head of the distribution and lengthens the tail).
+own lower 90%, which keeps the head of the distribution and lengthens the tail), or "zipf": flat rows whose
+probabilities follow Zipf's law (rank r has logit -1.1 · log r, ranks shuffled over the token ids), where the
+top-p and typical-p sets hold tens of thousands of tokens. The three steps are timed in turn, repeat after
+repeat (medians), so that load on the machine affects them alike.
 
     python benchmarks/sampling.py                 # full grid, writes benchmarks/results/sampling.json
     python benchmarks/sampling.py --quick         # tiny sizes (smoke run)
@@ -32,6 +35,7 @@ from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 import decoders
@@ -44,6 +48,10 @@ CHAINS = {
     ),
     "top_p": ({"processors": [{"kind": "top_p", "top_p": 0.9}], "selector": {"kind": "sample"}}, lambda: [TopPLogitsWarper(0.9)]),
     "min_p": ({"processors": [{"kind": "min_p", "min_p": 0.1}], "selector": {"kind": "sample"}}, lambda: [MinPLogitsWarper(0.1)]),
+    "typical_p": (
+        {"processors": [{"kind": "typical_p", "typical_p": 0.9}], "selector": {"kind": "sample"}},
+        lambda: [TypicalLogitsWarper(0.9)],
+    ),
     "greedy": ({"processors": [], "selector": {"kind": "greedy"}}, lambda: []),
 }
 TEXTS = [
@@ -66,6 +74,13 @@ def synthetic_logits(batch: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return logits.scatter_add(1, peaks, torch.rand(batch, 20, generator=generator) * 12)
 
 
+def zipf_logits(batch: int, vocab: int, exponent: float = 1.1, seed: int = 0) -> torch.Tensor:
+    """Rank-ordered Zipf logits: the token of rank r has logit ``-exponent · log r``; ranks shuffled per row."""
+    generator = torch.Generator().manual_seed(seed)
+    ranks = torch.stack([torch.randperm(vocab, generator=generator) + 1 for _ in range(batch)])
+    return (-exponent * ranks.double().log()).float()
+
+
 def realistic_logits(batch: int, vocab: int, model_name: str | None = None) -> torch.Tensor:
     """Next-token logits of the embedded model at the last positions of varied texts, resized to ``vocab``."""
     loaded = decoders.load_model(model_name)
@@ -83,15 +98,20 @@ def realistic_logits(batch: int, vocab: int, model_name: str | None = None) -> t
     return torch.cat([logits, extra], dim=1).contiguous()
 
 
-def time_us(step, repeat: int) -> float:
-    """Median wall time of ``step()`` in µs, after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+LOGITS = {"synthetic": synthetic_logits, "realistic": realistic_logits, "zipf": zipf_logits}
+
+
+def time_us(steps: dict, repeat: int) -> dict[str, float]:
+    """Median wall time in µs of each of ``steps`` (name → callable), timed in turn ``repeat`` times after a warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for name, step in steps.items():
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    for _ in range(repeat):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e6 for name, values in times.items()}
 
 
 def measure(logits: torch.Tensor, chain_name: str, repeat: int) -> dict:
@@ -107,9 +127,10 @@ def measure(logits: torch.Tensor, chain_name: str, repeat: int) -> dict:
         scores = hf(input_ids, logits)
         return scores.argmax(dim=-1) if greedy else torch.multinomial(scores.softmax(dim=-1), 1)
 
-    ours = time_us(lambda: chain.select(input_ids, logits, generators), repeat)
-    theirs = time_us(transformers_step, repeat)
-    floor = time_us(lambda: logits.amax(dim=-1), repeat)
+    steps = {"ours": lambda: chain.select(input_ids, logits, generators), "theirs": transformers_step,
+             "floor": lambda: logits.amax(dim=-1)}  # fmt: skip
+    timed = time_us(steps, repeat)
+    ours, theirs, floor = timed["ours"], timed["theirs"], timed["floor"]
     return {"decoders_us": ours, "transformers_us": theirs, "max_pass_us": floor,
             "speedup_vs_transformers": theirs / ours, "ratio_to_max_pass": ours / floor}  # fmt: skip
 
@@ -119,7 +140,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--vocab", type=int, nargs="+", default=[49152, 152064])
     parser.add_argument("--chains", nargs="+", default=list(CHAINS), choices=list(CHAINS))
-    parser.add_argument("--logits", nargs="+", default=["synthetic", "realistic"], choices=["synthetic", "realistic"])
+    parser.add_argument("--logits", nargs="+", default=list(LOGITS), choices=list(LOGITS))
     parser.add_argument("--repeat", type=int, default=7, help="timed repetitions per cell (median reported)")
     parser.add_argument("--model", default=None, help="model for realistic logits (default: the embedded one)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
@@ -134,7 +155,7 @@ def main() -> None:
     for kind in args.logits:
         for vocab in args.vocab:
             for batch in args.batch:
-                logits = synthetic_logits(batch, vocab) if kind == "synthetic" else realistic_logits(batch, vocab, args.model)
+                logits = realistic_logits(batch, vocab, args.model) if kind == "realistic" else LOGITS[kind](batch, vocab)
                 for chain_name in args.chains:
                     row = {"logits": kind, "batch": batch, "vocab": vocab, "chain": chain_name, **measure(logits, chain_name, args.repeat)}
                     rows.append(row)

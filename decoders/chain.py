@@ -34,9 +34,13 @@ def dense(scores: Scores) -> torch.Tensor:
 def check_scores(scores: Scores, where: str) -> None:
     """Raise :class:`NonFiniteLogitsError` if a row has NaN, +inf, or no finite value left.
 
-    Costs one reduction over the scores (a ``[B, k]`` one for a candidate set).
+    Costs one reduction over the scores (a ``[B, k]`` one for a candidate set) and one host synchronisation.
     """
-    row_max = _values(scores).amax(dim=-1)
+    _check_row_max(_values(scores).amax(dim=-1), where)
+
+
+def _check_row_max(row_max: torch.Tensor, where: str) -> None:
+    """:func:`check_scores` given the scores' row maxima ``[B]``."""
     if bool(torch.isfinite(row_max).all()):
         return
     row = int((~torch.isfinite(row_max)).nonzero()[0])
@@ -57,7 +61,7 @@ class Chain:
     """Processors in order, then a selector. Built by :meth:`decoders.Strategy.build`.
 
     Args:
-        processors: processors, run in the order given.
+        processors: processors, run in the order given (constraints, see :attr:`Processor.constraint`, first).
         selector: the selector that picks one token per row.
         use_candidates: allow the candidate-set fast path (the result is the same either way).
 
@@ -70,7 +74,8 @@ class Chain:
     """
 
     def __init__(self, processors: Sequence[Processor], selector: Selector, *, use_candidates: bool = True):
-        self.processors = list(processors)
+        # constraints first, in their order, then the rest in theirs (see Processor.constraint)
+        self.processors = [p for p in processors if p.constraint] + [p for p in processors if not p.constraint]
         self.selector = selector
         self.use_candidates = use_candidates
         self.context = DecodeContext()
@@ -116,10 +121,11 @@ class Chain:
             return f"processor #{index + 1} '{self.processors[index].kind}'"
         return f"selector '{self.selector.kind}'"
 
-    def run(self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None = None) -> Scores:
-        """Run the processors; the result is dense or a candidate set. ``observer`` sees every stage."""
-        if not self.processors:
-            check_scores(logits, f"given to {self._name(0)}")
+    def _run(
+        self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None,
+        maxima: list[tuple[str, torch.Tensor]],
+    ) -> Scores:
+        """:meth:`run`'s loop; appends each stage's row maxima to ``maxima`` (checked at once) unless observed."""
         scores: Scores = logits
         index = 0
         while index < len(self.processors):
@@ -136,15 +142,43 @@ class Chain:
             else:
                 fast = processor.to_candidates(input_ids, scores) if self.use_candidates else None
                 scores = fast if fast is not None else processor.process(input_ids, scores)
-            try:
-                check_scores(scores, f"returned by {self._name(index)}")
-            except NonFiniteLogitsError:
-                check_scores(logits, f"given to {self._name(0)}")  # blame the input when it was already bad
-                raise
             if observer is not None:
+                self._check_stages(logits, [(f"returned by {self._name(index)}", _values(scores).amax(dim=-1))])
                 observer(index, processor, before, scores)
+            else:
+                maxima.append((f"returned by {self._name(index)}", _values(scores).amax(dim=-1)))
             index += 1
         return scores
+
+    def run(self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None = None) -> Scores:
+        """Run the processors; the result is dense or a candidate set. ``observer`` sees every stage.
+
+        Each stage's row maxima are checked once, after the last processor (one host synchronisation per step,
+        not one per processor; with an observer, after every stage). A stage with NaN, +inf or a row without any
+        finite value raises :class:`NonFiniteLogitsError` naming the first such stage, or the input when it was
+        already bad; also when a later processor failed on those scores.
+        """
+        if not self.processors:
+            check_scores(logits, f"given to {self._name(0)}")
+        maxima: list[tuple[str, torch.Tensor]] = []
+        try:
+            scores = self._run(input_ids, logits, observer, maxima)
+        except NonFiniteLogitsError:
+            raise
+        except Exception:
+            self._check_stages(logits, maxima)  # scores gone bad explain the failure better than what it caused
+            raise
+        self._check_stages(logits, maxima)
+        return scores
+
+    def _check_stages(self, logits: torch.Tensor, maxima: list[tuple[str, torch.Tensor]]) -> None:
+        """Raise for the first stage whose row maxima are not all finite (blaming a bad input instead)."""
+        if not maxima or bool(torch.isfinite(torch.stack([row_max for _, row_max in maxima])).all()):
+            return
+        for where, row_max in maxima:
+            if not bool(torch.isfinite(row_max).all()):
+                check_scores(logits, f"given to {self._name(0)}")  # blame the input when it was already bad
+                _check_row_max(row_max, where)
 
     def _fused(self, index: int, input_ids: torch.LongTensor, scores: Scores) -> Candidates | None:
         """An elementwise monotone processor (temperature) followed by top-k, run as top-k on the raw logits.

@@ -5,9 +5,11 @@ Every command takes ``--json`` for machine-readable output; errors are one clear
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -106,6 +108,14 @@ PenaltyAlphaOption = Annotated[
 ReturnSequencesOption = Annotated[
     int | None, typer.Option("--num-return-sequences", help="Beam search: ranked hypotheses per prompt (≤ beams).")
 ]
+PromptLookupOption = Annotated[
+    int | None,
+    typer.Option("--prompt-lookup-num-tokens", help="Speculative decoding by prompt lookup: tokens drafted per step (e.g. 10)."),
+]
+AssistantModelOption = Annotated[
+    str | None,
+    typer.Option("--assistant-model", help="Speculative decoding with this draft model (name, folder or .gguf; same vocabulary)."),
+]
 
 
 #: the search a parameter flag implies when --search is not given (and the strategy's own search is single)
@@ -113,6 +123,8 @@ FLAG_SEARCH = {
     "num_beams": "beam", "length_penalty": "beam", "early_stopping": "beam", "num_return_sequences": "beam",
     "num_beam_groups": "beam", "diversity_penalty": "beam",
     "penalty_alpha": "contrastive", "top_k": "contrastive", "n": "best_of", "rank_by": "best_of",
+    "prompt_lookup_num_tokens": "speculative", "max_matching_ngram_size": "speculative",
+    "assistant_model": "speculative", "num_assistant_tokens": "speculative", "num_assistant_tokens_schedule": "speculative",
 }  # fmt: skip
 
 
@@ -228,6 +240,18 @@ def generate(
     penalty_alpha: PenaltyAlphaOption = None,
     n: Annotated[int | None, typer.Option("--n", help="best_of: samples per prompt.")] = None,
     rank_by: Annotated[str | None, typer.Option("--rank-by", help="best_of: rank samples by their sum or mean log-prob.")] = None,
+    prompt_lookup_num_tokens: PromptLookupOption = None,
+    max_matching_ngram_size: Annotated[
+        int | None, typer.Option("--max-matching-ngram-size", help="Prompt lookup: longest n-gram matched (default 2).")
+    ] = None,
+    assistant_model: AssistantModelOption = None,
+    num_assistant_tokens: Annotated[
+        int | None, typer.Option("--num-assistant-tokens", help="Draft model: tokens drafted per step (default 20).")
+    ] = None,
+    num_assistant_tokens_schedule: Annotated[
+        str | None,
+        typer.Option("--num-assistant-tokens-schedule", help="Speculative: heuristic (default: adapt the draft length) or constant."),
+    ] = None,
     logprobs: Annotated[
         int | None, typer.Option("--logprobs", help="Add per-token log-probabilities and this many alternatives to --json.")
     ] = None,
@@ -244,7 +268,9 @@ def generate(
     search_flags = dict(
         num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
         num_return_sequences=num_return_sequences, num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
-        penalty_alpha=penalty_alpha, n=n, rank_by=rank_by,
+        penalty_alpha=penalty_alpha, n=n, rank_by=rank_by, prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+        max_matching_ngram_size=max_matching_ngram_size, assistant_model=assistant_model,
+        num_assistant_tokens=num_assistant_tokens, num_assistant_tokens_schedule=num_assistant_tokens_schedule,
     )  # fmt: skip
     if search == "contrastive" or (search is None and penalty_alpha is not None):
         search_flags["top_k"] = flags.pop("top_k")  # contrastive search's own top_k, not a processor
@@ -253,9 +279,12 @@ def generate(
         chosen = with_search(
             flags_strategy(strategy, False, None, **flags), search, user_strategy=user_strategy, **search_flags
         )
+    extra = plugin_option_processors()  # the plugins' options (--json-schema, …), checked before loading too
     loaded = load(model)
     if model_defaults:
         chosen = with_search(flags_strategy(strategy, True, loaded, **flags), search, **search_flags)
+    if extra:
+        chosen = Strategy.model_validate({**chosen.model_dump(exclude_none=True), "processors": [*chosen.processors, *extra]})
     options = dict(
         strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, logprobs=logprobs
     )
@@ -277,7 +306,17 @@ def generate(
         results = decoders.generate(prompts, **options)
         print_texts(results, chat)
     reasons = ", ".join(sorted({r.finish_reason for r in results}))
-    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {reasons}[/]", highlight=False)
+    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {reasons}{speculation_summary(results)}[/]", highlight=False)
+
+
+def speculation_summary(results) -> str:
+    """`` · accepted a of d drafted tokens (r %)`` for speculative decoding, else an empty string."""
+    stats = [r.speculation for r in results if r.speculation is not None]
+    if not stats:
+        return ""
+    drafted, accepted = sum(s.drafted for s in stats), sum(s.accepted for s in stats)
+    rate = f" ({accepted / drafted:.0%})" if drafted else ""
+    return f" · accepted {accepted} of {drafted} drafted tokens{rate}"
 
 
 #: the line between two prompts' texts when standard output is not a terminal
@@ -380,6 +419,28 @@ SPELLING_NOTE = (
 )
 
 
+def speculation_table(speculation) -> Table:
+    """Speculative decoding's steps: the drafted tokens (accepted ✓, rejected ✗), and the target's own token."""
+    console.print(
+        f"\n[bold]Speculative decoding[/]: {speculation.accepted} of {speculation.drafted} drafted tokens accepted in "
+        f"{speculation.steps} verification passes [dim](after the first token, which the prompt's pass gives)[/]",
+        highlight=False,
+    )
+    table = Table()
+    for column in ("step", "at token", "drafted (✓ accepted, ✗ where the target disagreed)", "target's token"):
+        table.add_column(column, justify="right" if column in ("step", "at token") else "left")
+    for record in speculation.records or []:
+        marks = [
+            f"[green]✓[/]{escape(repr(text))}" if n < record.accepted else f"[red]✗[/]{escape(repr(text))}" if n == record.accepted
+            else f"[dim]{escape(repr(text))}[/]"
+            for n, text in enumerate(record.drafted_text)
+        ]  # fmt: skip
+        kind = "bonus" if record.accepted == len(record.drafted) and record.drafted else "own"
+        drafted = " ".join(marks) if marks else "[dim](no draft)[/]"
+        table.add_row(str(record.step), str(record.position + 1), drafted, f"{escape(repr(record.token_text))} [dim]{kind}[/]")
+    return table
+
+
 def candidates_json(candidates) -> list[dict]:
     return [{"token": c.token, "id": c.token_id, "probability": c.probability} for c in candidates]
 
@@ -397,6 +458,8 @@ def explain(
     plot: Annotated[str | None, typer.Option("--plot", help="Draw each stage's top candidates to this PNG file.")] = None,
     search: SearchOption = None,
     num_beams: NumBeamsOption = None,
+    prompt_lookup_num_tokens: PromptLookupOption = None,
+    assistant_model: AssistantModelOption = None,
     chat: ChatOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -413,7 +476,10 @@ def explain(
         {"processors": [{"kind": "temperature", "temperature": temperature}, {"kind": "top_k", "top_k": top_k}],
          "selector": {"kind": "sample"}}
     )  # fmt: skip
-    chosen = with_search(Strategy.resolve(strategy) if strategy else reshape, search, num_beams=num_beams)
+    chosen = with_search(
+        Strategy.resolve(strategy) if strategy else reshape, search, num_beams=num_beams,
+        prompt_lookup_num_tokens=prompt_lookup_num_tokens, assistant_model=assistant_model,
+    )  # fmt: skip
     walk = walk_prompt(prompt, loaded, chat=chat)
     next_logits = walk.logits[:, -1, :].float()
     generator = [torch.Generator().manual_seed(seed)]
@@ -452,6 +518,7 @@ def explain(
                     for r in result.steps or []
                 ],
                 "beam_steps": [r.model_dump(mode="json") for r in result.beam_steps or []],
+                "speculation": None if result.speculation is None else result.speculation.model_dump(mode="json"),
                 "text": result.text,
             }
         )  # fmt: skip
@@ -483,6 +550,8 @@ def explain(
                 show(f"  [green]done[/] {beam.score:9.3f}  {walk.text + beam.text!r} [dim](score / length^penalty)[/]", highlight=False)
         if result.beam_steps:
             show(f"\n[bold]result[/] {walk.text + result.text!r} (score {result.score:.3f})", highlight=False)
+        if result.speculation is not None:
+            show(speculation_table(result.speculation))
         text_so_far = walk.text
         for record in result.steps or []:
             stages = " → ".join(f"{st.stage}: {st.survivors} tokens, H {st.entropy:.2f}" for st in record.stages)
@@ -520,15 +589,25 @@ def compare(
     as_json: JsonOption = False,
 ) -> None:
     """One continuation per strategy, side by side (default: greedy, low/high temperature, top-k, top-p, balanced,
-    beam search)."""
+    beam search). Strategies that share a search run as one mixed batch."""
     import decoders
     from decoders.strategy import COMPARE_PRESETS
 
     chosen = {name: Strategy.resolve(name) for name in strategies or COMPARE_PRESETS}  # all checked before loading
     loaded = load(model)
+    by_search: dict[str, list[str]] = {}  # one mixed call per search: the strategies share its forward passes
+    for name, strategy in chosen.items():
+        by_search.setdefault(strategy.search.model_dump_json(), []).append(name)
+    results = {}
+    for names in by_search.values():
+        batch = decoders.generate(
+            [prompt] * len(names), strategy=[chosen[name] for name in names], model=loaded,
+            max_new_tokens=max_new_tokens, seed=[seed] * len(names), chat=chat,
+        )  # fmt: skip
+        results.update(zip(names, batch))
     rows = []
     for name, strategy in chosen.items():
-        result = decoders.generate(prompt, strategy=strategy, model=loaded, max_new_tokens=max_new_tokens, seed=seed, chat=chat)[0]
+        result = results[name]
         rows.append({"strategy": name, "description": strategy.description, "chain": strategy.describe(),
                      "text": result.text, "generated_ids": result.generated_ids})  # fmt: skip
     if as_json:
@@ -636,6 +715,67 @@ def cache(
     error_console.print(f"[dim]{total} in all; delete with `decoders cache --clear`[/]", highlight=False)
 
 
+#: the plugin options given to the running ``generate``: (option, value) pairs (see :func:`command`)
+_plugin_values: list[tuple[Any, str]] = []
+
+
+def command(registry) -> tuple[Any, list[str]]:
+    """The CLI as a click group whose ``generate`` also has each plugin's options (hook
+    ``decoders_register_generate_options``), and the problems met (an option ``generate`` already has is skipped)."""
+    signature = inspect.signature(generate, eval_str=True)
+    taken = {name for name in signature.parameters}
+    for parameter in signature.parameters.values():
+        for info in getattr(parameter.annotation, "__metadata__", ()):
+            taken.update(getattr(info, "param_decls", None) or ())
+    options, problems = [], []
+    for entry in registry.generate_options:
+        name = entry.flag.removeprefix("--").replace("-", "_")
+        if entry.flag in taken or name in taken:
+            problems.append(f"plugin '{entry.plugin}' adds {entry.flag} to generate, which already has it; it is skipped")
+            continue
+        taken |= {entry.flag, name}
+        options.append((name, entry))
+    if not options:
+        return typer.main.get_command(app), problems
+
+    def generate_with_plugin_options(**values):
+        given = [(entry, values.pop(name)) for name, entry in options]
+        _plugin_values[:] = [(entry, value) for entry, value in given if value is not None]
+        return generate(**values)
+
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[str | None, typer.Option(entry.flag, help=entry.help, metavar=entry.metavar)])
+        for name, entry in options
+    ]  # fmt: skip
+    generate_with_plugin_options.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    generate_with_plugin_options.__annotations__ = {p.name: p.annotation for p in [*signature.parameters.values(), *extra]}
+    generate_with_plugin_options.__doc__, generate_with_plugin_options.__name__ = generate.__doc__, generate.__name__
+    extended = copy.copy(app)
+    extended.registered_commands = []
+    for info in app.registered_commands:
+        if info.callback is generate:
+            info = copy.copy(info)
+            info.callback = generate_with_plugin_options
+        extended.registered_commands.append(info)
+    return typer.main.get_command(extended), problems
+
+
+def plugin_option_processors() -> list:
+    """The processor configs the plugin options given to ``generate`` stand for, validated (errors name the flag)."""
+    given, _plugin_values[:] = list(_plugin_values), []
+    registry, configs = get_registry(), []
+    for entry, value in given:
+        try:
+            configs += registry.processor_list_adapter.validate_python(entry.processors(value))
+        except ValidationError as exc:
+            messages = [error["msg"].removeprefix("Value error, ") for error in exc.errors()]
+            raise StrategyError(f"{entry.flag}: {'; '.join(messages)}") from None
+        except ValueError as exc:
+            raise StrategyError(f"{entry.flag}: {exc}") from None
+    return configs
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``decoders`` console script: clear one-line errors for expected failures.
 
@@ -651,10 +791,11 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
         registry = get_registry()
-    for problem in registry.problems:
+    group, problems = command(registry)
+    for problem in [*registry.problems, *problems]:
         error_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
     try:
-        app(args=argv, prog_name="decoders")
+        group(args=argv, prog_name="decoders")
     except (DecodersError, ValidationError) as exc:
         if isinstance(exc, ValidationError):
             label, message = "invalid strategy", validation_message(exc)

@@ -1,7 +1,8 @@
 """generate / stream: validate the inputs, then let the strategy's search drive a model session.
 
     inputs (prompts, strategy, model, lengths, seeds) → checked before the model runs
-      → chain (processors + selector) and search, built from the strategy
+      → chain (processors + selector) and search, built from the strategy (one chain per group of rows, in a
+        MixedChain, when each prompt has its own strategy)
       → ModelSession (left-padded prompts, KV cache) → search.run: step events, then ranked hypotheses
       → GenerationResult per prompt
 
@@ -20,10 +21,12 @@ from typing import Any
 
 import torch
 
-from decoders.errors import GenerationError
+from decoders.chain import Chain
+from decoders.errors import GenerationError, StrategyError
+from decoders.mixed import MixedChain
 from decoders.processors.base import DecodeContext
 from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent
-from decoders.searches.base import Outcome, SearchJob, SearchRun
+from decoders.searches.base import Outcome, Search, SearchJob, SearchRun
 from decoders.session import ModelSession
 from decoders.strategy import Strategy
 
@@ -146,6 +149,75 @@ def _generators(seed: int | Sequence[int] | None, rows: int) -> list[torch.Gener
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
+def _as_strategies(strategy: Any, rows: int) -> list[Strategy]:
+    """One resolved strategy per row: the same for all, or one per prompt when ``strategy`` is a list."""
+    if not isinstance(strategy, list | tuple):
+        return [Strategy.resolve(strategy)] * rows
+    if len(strategy) != rows:
+        raise GenerationError(
+            f"got {len(strategy)} strategies for {rows} prompt{'s' if rows != 1 else ''}: pass one strategy per "
+            "prompt, or one strategy (not a list) for all of them"
+        )
+    resolved = []
+    for index, spec in enumerate(strategy):
+        try:
+            resolved.append(Strategy.resolve(spec))
+        except StrategyError as exc:
+            raise StrategyError(f"strategy {index}: {exc}") from None
+    return resolved
+
+
+def _row_ranges(rows: list[int]) -> str:
+    """``"0-3, 5"`` for rows [0, 1, 2, 3, 5]."""
+    spans: list[list[int]] = []
+    for row in rows:
+        if spans and row == spans[-1][1] + 1:
+            spans[-1][1] = row
+        else:
+            spans.append([row, row])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _describe_search(config: Any) -> str:
+    """``kind`` or ``kind(name=value, …)`` with the settings that differ from the defaults."""
+    fields = type(config).model_fields
+    changed = [f"{k}={v!r}" for k, v in config.model_dump().items() if k != "kind" and v != fields[k].default]
+    return f"{config.kind}({', '.join(changed)})" if changed else config.kind
+
+
+def _chain_and_search(strategy: Any, rows: int) -> tuple[Chain | MixedChain, Search]:
+    """The chain (a :class:`MixedChain` when rows use different strategies) and the search of a call."""
+    strategies = _as_strategies(strategy, rows)
+    groups: dict[str, list[int]] = {}
+    for row, chosen in enumerate(strategies):
+        groups.setdefault(chosen.model_dump_json(exclude={"name", "description"}), []).append(row)
+    firsts = [strategies[members[0]] for members in groups.values()]
+    searches: dict[str, list[int]] = {}
+    for first, members in zip(firsts, groups.values()):
+        searches.setdefault(first.search.model_dump_json(), []).extend(members)
+    if len(searches) > 1:
+        described = "; ".join(
+            f"{_describe_search(strategies[members[0]].search)} (row{'s' if len(members) > 1 else ''} "
+            f"{_row_ranges(sorted(members))})"
+            for members in searches.values()
+        )
+        raise GenerationError(
+            f"a mixed batch runs one search over all its rows, and these strategies use different searches: "
+            f"{described}. Give every strategy the same search (and settings), or make one call per search"
+        )
+    search = firsts[0].build_search()
+    if len(groups) == 1:
+        return firsts[0].build(), search
+    chains = [first.build() for first in firsts]
+    mixed = MixedChain(chains, list(groups.values()))
+    if not search.per_row_chains:
+        try:
+            mixed.selector
+        except StrategyError as exc:
+            raise StrategyError(f"the '{search.kind}' search: {exc}") from None
+    return mixed, search
+
+
 def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
     """Token ids of each prompt, as generation feeds them to the model (the chat template applied if ``chat``)."""
     if not chat:
@@ -197,9 +269,7 @@ class _Generation:
         self.max_new_tokens, self.trace, self.top, self.ignore_eos = max_new_tokens, trace, top, ignore_eos
         self.logprobs, self.texts = logprobs, texts
         self.generators = _generators(seed, len(self.prompts))
-        self.strategy = Strategy.resolve(strategy)
-        self.chain = self.strategy.build()
-        self.search = self.strategy.build_search()
+        self.chain, self.search = _chain_and_search(strategy, len(self.prompts))
         if texts and not self.search.streams:
             raise GenerationError(
                 f"the '{self.search.kind}' search cannot stream: its hypotheses are only decided at the end. "
@@ -300,7 +370,12 @@ def stream(
         prompts: one prompt or a list of prompts (a batch, left-padded). An empty string is an error;
             whitespace is a valid prompt.
         strategy: anything :meth:`Strategy.resolve` accepts: a preset name, a Strategy, a dict, or a path to
-            a ``.json``/``.toml`` file; None is greedy.
+            a ``.json``/``.toml`` file; None is greedy. A list gives one strategy per prompt (a mixed batch: the
+            rows share every forward pass, each strategy's chain runs on its own rows, and a row's tokens,
+            score, log-probabilities and trace are exactly what a call with its strategy for every prompt
+            gives it, seeds included: row ``i`` still uses ``seed + i``). The strategies must share one search
+            and its settings (e.g. all ``single``); a search other than single, contrastive and best-of also
+            needs one selector for all. A list of wrong length, or of different searches, is an error.
         model: None (the embedded default model), a model name or folder (see ``decoders.load_model``), a
             LoadedModel, or a ``(model, tokenizer)`` tuple.
         max_new_tokens: at most this many tokens per prompt (0 returns empty texts without running the
@@ -356,6 +431,9 @@ def generate(
         ' there was a little girl named Lily...'
         >>> [r.finish_reason for r in decoders.generate(["a", "b"], max_new_tokens=4)]  # doctest: +SKIP
         ['length', 'length']
+        >>> sweep = decoders.generate(["Once"] * 3, ["greedy", "top_k", "top_p"], seed=0)  # doctest: +SKIP
+        >>> sweep[2].text == decoders.generate(["Once"] * 3, "top_p", seed=0)[2].text  # doctest: +SKIP
+        True
     """
     run = _Generation(
         prompts, strategy, model, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, trace=trace, top=top,

@@ -20,7 +20,8 @@ class ChainLogitsProcessor(LogitsProcessor):
     row continues, so the history says it: when every row of a call is some row of the previous call plus one
     token, that is the next step, and the chain follows it exactly as decoders' own searches do
     (``chain.reorder`` with each row's parent when beam search reordered them, then ``chain.accept`` of the
-    new tokens). Any other call starts a new generation and resets the chain. Stateful processors therefore
+    new tokens). Any other call starts a new generation and resets the chain. A row that has written an EOS id
+    before the newest token is marked not live (:attr:`DecodeContext.live`): its padding is not a token of its text. Stateful processors therefore
     work under greedy, sampling and beam search (rows with identical histories have identical state, so
     which of them a row is matched to does not matter).
 
@@ -63,6 +64,10 @@ class ChainLogitsProcessor(LogitsProcessor):
         else:
             if not bool((parents == torch.arange(len(parents), device=parents.device)).all()):
                 self.chain.reorder(parents)
+            if self.eos_token_ids:  # a row that wrote EOS before this token is padded: not live (DecodeContext.live)
+                written = input_ids[:, self.chain.context.prompt_length : -1]
+                eos = torch.tensor(self.eos_token_ids, device=input_ids.device)
+                self.chain.context.live = ~torch.isin(written, eos).any(dim=-1)
             self.chain.accept(input_ids[:, -1])
         self._previous = input_ids.clone()
         return self.chain.process(input_ids, scores)

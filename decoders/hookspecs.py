@@ -69,3 +69,23 @@ def decoders_generation_config(fields: dict[str, Any]) -> tuple[list[str], list[
         ``(field names used, processor configs as dicts)`` — the processors run after the built-in ones, in the
         order given — or None when no field concerns this plugin.
     """
+
+
+@hookspec
+def decoders_register_generate_options(register: Callable[..., None]) -> None:
+    """Add options to ``decoders generate`` (in the spirit of llm's ``register_commands``): call
+    ``register(flag, processors, help="...", metavar="TEXT")`` once per option.
+
+    Args:
+        register: ``register(flag, processors, *, help, metavar)``. ``flag`` is the option, e.g. ``"--regex"`` (not
+            one ``generate`` already has); it takes one text value. ``processors(value)`` is called with that value
+            when the user gives the option and returns processor configs as dicts, appended to the strategy's
+            processors whichever way it was chosen (preset, file, flags, ``--model-defaults``); a ``ValueError``
+            it raises is shown as the option's error. ``help`` and ``metavar`` are shown by ``--help``.
+
+    Example::
+
+        @decoders.hookimpl
+        def decoders_register_generate_options(register):
+            register("--regex", lambda value: [{"kind": "regex", "regex": value}], help="Only output text matching this regex.")
+    """

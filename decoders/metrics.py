@@ -9,9 +9,14 @@ text alike; only :func:`continuation_nlls` and :func:`perplexity` run a model.
     repetition_pct      % of generations that end in a repeating loop           Holtzman et al. 2020, Table 1
     distinct_n          unique n-grams / n-grams, pooled                        Li et al. 2016
     rep_n               1 − unique n-grams / n-grams, per sequence, averaged    Welleck et al. 2020
+                        (pooled=True: Σ unique / Σ n-grams over sequences)      Su et al. 2022
+    diversity           Π_{n=2..4} (1 − rep-n), pooled rep-n                    Su et al. 2022
+    coherence           cos(embedding of prompt, embedding of continuation)     Su et al. 2022
     mean_entropy        mean entropy of the distribution each token came from   (nats)
 
-Self-BLEU uses nltk's BLEU, imported when called: ``pip install 'decoders-lab[metrics]'``.
+and the intervals around them: :func:`bootstrap_interval` (percentile bootstrap over clusters, such as
+prompts, seeded so that the same data give the same interval), :func:`jackknife_interval` (for statistics that
+a resample with repeated texts biases) and :func:`ratio_of_sums` for the metrics above that are sums over texts. Self-BLEU uses nltk's BLEU, imported when called: ``pip install 'decoders-lab[metrics]'``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -149,6 +155,20 @@ def self_bleu(texts: Sequence[str], *, max_n: int = 4) -> float:
         >>> round(self_bleu(["the cat sat on the mat", "the cat sat on the mat"]), 3)
         1.0
     """
+    return float(np.mean(self_bleu_scores(texts, max_n=max_n)))
+
+
+def self_bleu_scores(texts: Sequence[str], *, max_n: int = 4) -> list[float]:
+    """Each text's BLEU against all the other texts: the terms :func:`self_bleu` averages.
+
+    Args:
+        texts: at least two texts.
+        max_n: the longest n-gram.
+
+    Example:
+        >>> [round(s, 3) for s in self_bleu_scores(["a b c d", "a b c d", "w x y z"])]
+        [1.0, 1.0, 0.0]
+    """
     try:
         from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     except ImportError as exc:
@@ -159,11 +179,10 @@ def self_bleu(texts: Sequence[str], *, max_n: int = 4) -> float:
     tokenized = [words(text) for text in texts]
     weights = (1.0 / max_n,) * max_n
     smoothing = SmoothingFunction().method1
-    scores = [
-        sentence_bleu(tokenized[:i] + tokenized[i + 1 :], hypothesis, weights, smoothing_function=smoothing)
+    return [
+        float(sentence_bleu(tokenized[:i] + tokenized[i + 1 :], hypothesis, weights, smoothing_function=smoothing))
         for i, hypothesis in enumerate(tokenized)
     ]
-    return float(np.mean(scores))
 
 
 def rank_frequencies(sequences: Sequence[Tokens]) -> list[int]:
@@ -237,7 +256,13 @@ def repetition_pct(sequences: Sequence[Tokens], *, min_repeats: int = 3) -> floa
     return 100.0 * sum(ends_in_loop(s, min_repeats=min_repeats) for s in sequences) / len(sequences)
 
 
-def _ngrams(tokens: Tokens, n: int) -> list[tuple]:
+def ngrams(tokens: Tokens, n: int) -> list[tuple]:
+    """The n-grams of a sequence, in order (repeats included).
+
+    Example:
+        >>> ngrams([1, 2, 3], 2)
+        [(1, 2), (2, 3)]
+    """
     tokens = list(tokens)
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
@@ -256,31 +281,226 @@ def distinct_n(sequences: Sequence[Tokens], n: int) -> float:
         >>> distinct_n([[1, 2, 1, 2], [1, 2]], 2)
         0.5
     """
-    grams = [gram for sequence in sequences for gram in _ngrams(sequence, n)]
+    grams = [gram for sequence in sequences for gram in ngrams(sequence, n)]
     if not grams:
         raise ValueError(f"the sequences hold no {n}-grams: they are all shorter than {n} tokens")
     return len(set(grams)) / len(grams)
 
 
-def rep_n(sequences: Sequence[Tokens], n: int) -> float:
-    """seq-rep-n: the share of each sequence's n-grams that repeat an earlier one, averaged over sequences.
+def rep_n(sequences: Sequence[Tokens], n: int, *, pooled: bool = False) -> float:
+    """rep-n: the share of n-grams that repeat an earlier n-gram of the same sequence.
 
-    ``rep-n = mean_x (1 − |unique ngrams(x)| / |ngrams(x)|)`` over the sequences with at least one n-gram, from
-    Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training" (ICLR). 0: no repeats within a
-    sequence.
+    ``rep-n = mean_x (1 − |unique ngrams(x)| / |ngrams(x)|)`` over the sequences with at least one n-gram
+    (seq-rep-n of Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training", ICLR), or with
+    ``pooled=True`` ``rep-n = 1 − Σ_x |unique ngrams(x)| / Σ_x |ngrams(x)|`` as in Su et al. 2022, "A
+    Contrastive Framework for Neural Text Generation" (NeurIPS), §5.1 (their code pools the counts over texts;
+    the two agree when every sequence has the same length). 0: no repeats within a sequence. Unique n-grams are
+    counted per sequence: the same n-gram in two sequences is no repeat.
 
     Args:
         sequences: token sequences.
-        n: the n-gram length (Welleck et al. report n = 4).
+        n: the n-gram length (Welleck et al. report n = 4, Su et al. n = 2, 3, 4).
+        pooled: pool the counts over sequences (Su et al.) instead of averaging each sequence's ratio.
 
     Example:
         >>> rep_n([[1, 1, 1, 1], [1, 2, 3, 4]], 1)  # 1 − 1/4 and 0
         0.375
+        >>> rep_n([[1, 1, 1, 1], [1, 2]], 1, pooled=True)  # 1 − (1 + 2) / (4 + 2)
+        0.5
     """
-    values = [1 - len(set(grams)) / len(grams) for grams in (_ngrams(s, n) for s in sequences) if grams]
-    if not values:
+    counts = [(len(set(grams)), len(grams)) for grams in (ngrams(s, n) for s in sequences) if grams]
+    if not counts:
         raise ValueError(f"the sequences hold no {n}-grams: they are all shorter than {n} tokens")
-    return float(np.mean(values))
+    if pooled:
+        return 1 - sum(u for u, _ in counts) / sum(t for _, t in counts)
+    return float(np.mean([1 - u / t for u, t in counts]))
+
+
+def diversity(sequences: Sequence[Tokens], ns: Sequence[int] = (2, 3, 4)) -> float:
+    """Diversity of Su et al. 2022: ``Π_{n ∈ ns} (1 − rep-n)``, with the pooled rep-n of :func:`rep_n`.
+
+    From Su et al. 2022, "A Contrastive Framework for Neural Text Generation" (NeurIPS), §5.1 (n = 2, 3, 4;
+    their human text scores 0.95 on WikiText-103, greedy 0.22). 1: no n-gram repeats within any sequence; it
+    falls towards 0 as sequences loop.
+
+    Args:
+        sequences: token sequences (Su et al. use words; any hashable tokens work).
+        ns: the n-gram lengths.
+
+    Example:
+        >>> diversity([[1, 2, 3, 4, 5]]), round(diversity([[1, 2, 1, 2, 1, 2]]), 4)  # (1 − 3/5)(1 − 2/4)(1 − 1/3)
+        (1.0, 0.1333)
+    """
+    return float(np.prod([1 - rep_n(sequences, n, pooled=True) for n in ns]))
+
+
+@torch.inference_mode()
+def mean_pooled_embeddings(scorer: Any, token_ids: Sequence[Sequence[int]], *, batch_size: int = 16) -> torch.Tensor:
+    """One vector per text: the model's last hidden state, averaged over the text's tokens.
+
+    The text is encoded on its own (no other context), right-padded in batches of ``batch_size``; padding is
+    left out of the mean. With a transformers causal LM, the last hidden state is the output of its base model
+    (after the final norm, before the LM head).
+
+    Args:
+        scorer: a LoadedModel, a ``(model, tokenizer)`` pair, or a causal LM that takes
+            ``output_hidden_states=True``.
+        token_ids: one non-empty list of token ids per text.
+        batch_size: texts per forward pass.
+
+    Returns:
+        a float tensor ``[len(token_ids), hidden size]``.
+
+    Example:
+        >>> mean_pooled_embeddings(loaded, [[1, 2, 3], [4]]).shape  # doctest: +SKIP
+        torch.Size([2, 576])
+    """
+    if any(len(ids) == 0 for ids in token_ids):
+        raise ValueError("every text needs at least one token to be embedded")
+    model = _torch_model(scorer)
+    base = getattr(model, "base_model", None)
+    device = next(model.parameters()).device
+    vectors = []
+    for start in range(0, len(token_ids), batch_size):
+        rows = token_ids[start : start + batch_size]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, tokens in enumerate(rows):
+            ids[row, : len(tokens)] = torch.tensor(list(tokens))
+            mask[row, : len(tokens)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        if base is not None and base is not model:
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        vectors.append(((hidden * weights).sum(dim=1) / weights.sum(dim=1)).float().cpu())
+    return torch.cat(vectors)
+
+
+def coherence(prompt_embeddings: torch.Tensor, continuation_embeddings: torch.Tensor) -> list[float]:
+    """Coherence of Su et al. 2022: the cosine similarity of each prompt's and its continuation's embedding.
+
+    ``coherence(x, x̂) = v_x · v_x̂ / (‖v_x‖ ‖v_x̂‖)`` per text, averaged over texts in the paper (Su et al.
+    2022, "A Contrastive Framework for Neural Text Generation", NeurIPS, §5.1), where ``v`` is a SimCSE sentence
+    embedding. SimCSE cannot be downloaded here: the quality sweep passes :func:`mean_pooled_embeddings` of its
+    scoring model instead, a stand-in whose values are not comparable with the paper's (a causal LM's mean-pooled
+    states are similar for any two texts, so differences between strategies are small but still ordered).
+
+    Args:
+        prompt_embeddings: ``[N, H]``.
+        continuation_embeddings: ``[N, H]``, row ``i`` the continuation of prompt ``i``.
+
+    Example:
+        >>> coherence(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+        [1.0, 0.7071067690849304]
+    """
+    if prompt_embeddings.shape != continuation_embeddings.shape:
+        raise ValueError(
+            f"{tuple(prompt_embeddings.shape)} prompt embeddings but {tuple(continuation_embeddings.shape)} "
+            "continuation embeddings: pass one of each per text"
+        )
+    return torch.nn.functional.cosine_similarity(prompt_embeddings.float(), continuation_embeddings.float(), dim=-1).tolist()
+
+
+def bootstrap_weights(clusters: int, *, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """How often each cluster is drawn in each bootstrap resample: ``[resamples, clusters]`` counts.
+
+    Every resample draws ``clusters`` clusters with replacement (Efron 1979); a statistic of a resample is a
+    function of these counts (weighted sums), so every metric of a sweep can use the same resamples, and two
+    strategies compared on the same prompts use the same draws (a paired bootstrap). The same ``seed`` gives
+    the same counts.
+
+    Example:
+        >>> weights = bootstrap_weights(3, resamples=2, seed=0)
+        >>> weights.shape, weights.sum(axis=1).tolist()
+        ((2, 3), [3.0, 3.0])
+    """
+    if clusters < 1:
+        raise ValueError(f"the bootstrap needs at least one cluster, got {clusters}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, clusters, size=(resamples, clusters))
+    weights = np.zeros((resamples, clusters))
+    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1)
+    return weights
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], np.ndarray], clusters: int, *, level: float = 0.95, resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:  # fmt: skip
+    """A percentile bootstrap interval, resampling whole clusters (e.g. prompts, with all their seeds).
+
+    ``[q_{(1−level)/2}, q_{(1+level)/2}]`` of the statistic over ``resamples`` resamples of the clusters drawn
+    with replacement (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13). Resampling prompts
+    with every seed of a drawn prompt (a cluster bootstrap) accounts for the variance between prompts and
+    between seeds at once. Seeded: the same statistic, data and seed give the same interval.
+
+    Args:
+        statistic: maps cluster weights ``[B, clusters]`` (see :func:`bootstrap_weights`) to the statistic of
+            each resample ``[B]``; with all weights 1 it gives the value measured on the data.
+        clusters: how many clusters the data have.
+        level: the coverage, 0.95 for a 95 % interval.
+        resamples: how many resamples.
+        seed: the seed of the resampling.
+
+    Example:
+        >>> values = np.array([1.0, 2.0, 3.0, 4.0])
+        >>> low, high = bootstrap_interval(lambda w: w @ values / w.sum(axis=1), len(values))
+        >>> bool(1.0 < low < 2.5 < high < 4.0)
+        True
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1 (0.95 for a 95 % interval), got {level}")
+    values = np.asarray(statistic(bootstrap_weights(clusters, resamples=resamples, seed=seed)), dtype=float)
+    low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def jackknife_interval(
+    statistic: Callable[[np.ndarray], np.ndarray], clusters: int, *, level: float = 0.95
+) -> tuple[float, float]:
+    """A normal interval with the delete-one-cluster jackknife's standard error (Efron & Tibshirani 1993, ch. 11).
+
+    ``θ̂ ± z_{(1+level)/2} · se``, ``se² = (C−1)/C · Σ_i (θ̂_(i) − θ̄)²`` over the ``C`` estimates ``θ̂_(i)`` that leave
+    cluster ``i`` out. For statistics the bootstrap biases because a resample repeats whole texts, such as a Zipf
+    coefficient fitted to token counts (a repeated text doubles its rare tokens' counts); leaving one cluster out
+    repeats nothing. Deterministic.
+
+    Args:
+        statistic: maps cluster weights ``[B, clusters]`` to ``[B]``, as for :func:`bootstrap_interval`.
+        clusters: how many clusters the data have (at least 2).
+        level: the coverage.
+
+    Example:
+        >>> values = np.array([1.0, 2.0, 3.0, 4.0])  # the jackknife se of a mean is s / √n = 0.645
+        >>> [round(v, 3) for v in jackknife_interval(lambda w: w @ values / w.sum(axis=1), 4)]
+        [1.235, 3.765]
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1 (0.95 for a 95 % interval), got {level}")
+    if clusters < 2:
+        raise ValueError(f"the jackknife needs at least two clusters, got {clusters}")
+    estimate = float(statistic(np.ones((1, clusters)))[0])
+    left_out = np.asarray(statistic(np.ones((clusters, clusters)) - np.eye(clusters)), dtype=float)
+    spread = math.sqrt((clusters - 1) / clusters * float(np.sum((left_out - left_out.mean()) ** 2)))
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    return estimate - z * spread, estimate + z * spread
+
+
+def ratio_of_sums(numerators: Sequence[float], denominators: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic ``Σ w_c · num_c / Σ w_c · den_c`` of cluster weights, for :func:`bootstrap_interval`.
+
+    A mean over texts is a ratio of sums with a denominator of 1 per text; perplexity's log (NLL over tokens),
+    pooled rep-n and distinct-n are ratios of sums too, with per-cluster totals.
+
+    Example:
+        >>> ratio_of_sums([1.0, 3.0], [1.0, 1.0])(np.ones((1, 2))).tolist()
+        [2.0]
+    """
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    return lambda weights: (weights @ num) / (weights @ den)
 
 
 def mean_entropy(

@@ -8,6 +8,7 @@ already provides is reported with both names, and the first one keeps the kind.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -65,6 +66,18 @@ class PluginInfo:
 
 
 @dataclass(frozen=True)
+class GenerateOption:
+    """An option a plugin adds to ``decoders generate``: its flag, what turns its value into processor configs, and
+    its help (see :func:`decoders.hookspecs.decoders_register_generate_options`)."""
+
+    flag: str
+    processors: Any
+    help: str
+    metavar: str
+    plugin: str
+
+
+@dataclass(frozen=True)
 class Preset:
     """A named strategy (as data) and the plugin that registered it."""
 
@@ -85,6 +98,7 @@ class Registry:
     selectors: dict[str, Registration] = field(default_factory=dict)
     searches: dict[str, Registration] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
+    generate_options: list[GenerateOption] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
     manager: pluggy.PluginManager | None = field(default=None, repr=False)
@@ -133,6 +147,26 @@ class Registry:
             )
         else:
             self.presets[name] = Preset(name, strategy, plugin)
+
+    def register_generate_option(
+        self, plugin: str, flag: Any, processors: Any, help: str = "", metavar: str = "TEXT"
+    ) -> None:
+        """Add one ``decoders generate`` option for ``plugin``; record a problem (and skip it) if its flag is not
+        ``--name``, ``processors`` is not callable, or another plugin already has the flag."""
+        if not (isinstance(flag, str) and re.fullmatch(r"--[a-z0-9][a-z0-9-]*", flag)) or not callable(processors):
+            self.problems.append(
+                f"plugin '{plugin}' registered the generate option {flag!r} with {type(processors).__name__}; call "
+                "register('--lowercase-name', value_to_processors, help=...); it is skipped"
+            )
+            return
+        for other in self.generate_options:
+            if other.flag == flag:
+                self.problems.append(
+                    f"generate option {flag} is registered by both plugin '{other.plugin}' and plugin '{plugin}'; "
+                    f"'{other.plugin}' keeps it"
+                )
+                return
+        self.generate_options.append(GenerateOption(flag, processors, str(help), str(metavar), plugin))
 
     def kinds(self, role: str) -> list[str]:
         """Registered kind names for ``role`` ("processor", "selector" or "search"), in registration order."""
@@ -195,6 +229,11 @@ def _register_everything(registry: Registry) -> None:
         register=lambda name, strategy: registry.register_preset(registry.calling, name, strategy),
     ):
         _report_failure(registry, plugin, outcome, "registering presets", "its remaining presets are skipped")
+    for plugin, outcome in registry.each_plugin(
+        "decoders_register_generate_options",
+        register=lambda flag, processors, **shown: registry.register_generate_option(registry.calling, flag, processors, **shown),
+    ):
+        _report_failure(registry, plugin, outcome, "registering generate options", "its remaining options are skipped")
 
 
 def _report_failure(registry: Registry, plugin: str, outcome: Any, doing: str, consequence: str) -> None:

@@ -172,8 +172,10 @@ class StepEvent:
     and ``finished`` all True. Every other event has ``results`` None.
 
     Args:
-        step: index of the generated token (0 for the first new token).
-        token_ids: the token chosen for each row, None for rows that had already finished.
+        step: index of the generated token (0 for the first new token); with speculative decoding, of the
+            verification step, which may add several tokens per row.
+        token_ids: the token chosen for each row (speculative decoding: the last of the step's tokens), None for
+            rows that had already finished.
         texts: the text each row's new token made decodable (``""`` when nothing new, e.g. half of a
             multi-byte character, or text held back because it may be the start of a stop string). A row's
             texts, concatenated over all events, equal its final ``text``.

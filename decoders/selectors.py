@@ -55,26 +55,41 @@ class Greedy(Selector):
         return torch.topk(scores, n, dim=-1).indices
 
 
-def row_uniforms(rows: int, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """One uniform draw in [0, 1) per row (float64), each from that row's generator (global RNG if None)."""
+def row_uniforms(
+    rows: int, generators: list[torch.Generator] | None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """One uniform draw in [0, 1) per row (float64), each from that row's generator (the global RNG if None).
+
+    Each row draws on its generator's own device, so a seed gives the same numbers wherever the logits live; the
+    draws are then moved to ``device`` (default: where they were drawn; with no generators, the CPU's global RNG
+    unless ``device`` is given).
+    """
     if generators is None:
-        return torch.rand(rows, dtype=torch.float64)
-    if len(generators) != rows:
-        raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
-    return torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators])
+        return torch.rand(rows, dtype=torch.float64, device=device)
+    _check_generators(generators, rows)
+    draws = [torch.rand(1, dtype=torch.float64, generator=g, device=g.device) for g in generators]
+    return torch.cat([draw.to(draws[0].device) for draw in draws]).to(device or draws[0].device)
 
 
 def row_gumbels(shape: tuple[int, int], generators: list[torch.Generator] | None, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise ``[B, N]`` (float32), row i drawn from generator i (the global RNG if None)."""
+    """Standard Gumbel noise ``[B, N]`` (float32) on ``device``, row i drawn from generator i (the global RNG if None).
+
+    As :func:`row_uniforms`, each row draws on its generator's device; the noise is computed on ``device``.
+    """
     rows, columns = shape
     if generators is None:
-        uniforms = torch.rand(shape)
+        uniforms = torch.rand(shape, device=device)
     else:
-        if len(generators) != rows:
-            raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
-        uniforms = torch.stack([torch.rand(columns, generator=g) for g in generators])
+        _check_generators(generators, rows)
+        draws = [torch.rand(columns, generator=g, device=g.device) for g in generators]
+        uniforms = torch.stack([draw.to(device) for draw in draws])
     tiny = torch.finfo(torch.float32).tiny
-    return -torch.log(-torch.log(uniforms.clamp(min=tiny))).to(device)
+    return -torch.log(-torch.log(uniforms.clamp(min=tiny)))
+
+
+def _check_generators(generators: list[torch.Generator], rows: int) -> None:
+    if len(generators) != rows:
+        raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
 
 
 def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -97,7 +112,7 @@ class Sample(Selector):
     """
 
     def select(self, logits, generators=None):
-        return _inverse_cdf(logits.float(), row_uniforms(logits.shape[0], generators))
+        return _inverse_cdf(logits.float(), row_uniforms(logits.shape[0], generators, logits.device))
 
     def select_many(self, scores, n, generators=None):
         """``n`` columns drawn without replacement from softmax(scores) (Gumbel-top-k), sorted by score."""
@@ -109,5 +124,5 @@ class Sample(Selector):
     def select_candidates(self, candidates, generators=None):
         ids, order = torch.sort(candidates.ids, dim=-1)
         values = candidates.values.gather(1, order).float()
-        column = _inverse_cdf(values, row_uniforms(values.shape[0], generators))
+        column = _inverse_cdf(values, row_uniforms(values.shape[0], generators, values.device))
         return ids.gather(1, column.unsqueeze(-1)).squeeze(-1)

@@ -121,8 +121,9 @@ def sequence_probabilities(table, first, max_new_tokens):
 class ScriptLM(torch.nn.Module):
     """A causal LM that writes ``scripts[row]`` whatever the prompt (one token per position after it).
 
-    Batch row ``i`` writes ``scripts[i]``; every prompt must have ``prompt_tokens`` tokens. Past the end of
-    its script a row repeats the last token.
+    The prompt's batch row ``i`` writes ``scripts[i]``; every prompt must have ``prompt_tokens`` tokens. Past the
+    end of its script a row repeats the last token. The "KV cache" holds each row's script number, so rows that
+    leave the batch, or are reordered, keep their scripts. ``batch_sizes`` records the rows of every forward.
     """
 
     def __init__(self, scripts, prompt_tokens, vocab_size):
@@ -130,14 +131,17 @@ class ScriptLM(torch.nn.Module):
         self.scripts = [torch.tensor(script) for script in scripts]
         self.start = prompt_tokens - 1
         self.vocab_size = vocab_size
+        self.batch_sizes = []
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
+        rows = torch.arange(input_ids.shape[0]) if cache is None else cache
+        self.batch_sizes.append(input_ids.shape[0])
         logits = torch.zeros(input_ids.shape[0], 1, self.vocab_size)
-        for row in range(input_ids.shape[0]):
-            script = self.scripts[row]
+        for row, script_number in enumerate(rows.tolist()):
+            script = self.scripts[script_number]
             index = min(int(position_ids[row, -1]) - self.start, len(script) - 1)
             logits[row, 0, script[index]] = 20.0
-        return SimpleNamespace(logits=logits, cache=(cache or 0) + input_ids.shape[1])
+        return SimpleNamespace(logits=logits, cache=rows)
 
 
 def scripted(*texts, eos=False, prompt="a"):

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decoders
-from decoders.processors import Candidates, MinP, TopP
+from decoders.processors import Candidates, LogitBias, MinP, Processor, TopP
 from decoders.processors.selection import aligned_scatter, aligned_tail_row, first_argmax, largest
+from decoders.selectors import Greedy, row_gumbels, row_uniforms
 
 VOCABS = (4099, 49152, 50257, 152064)
 
@@ -120,3 +121,30 @@ def test_nan_logits_are_blamed_on_the_input_on_the_fast_path():
     chain = decoders.Strategy.from_preset("balanced").build()
     with pytest.raises(decoders.NonFiniteLogitsError, match="given to processor #1 'temperature'.*row 1"):
         chain.select(torch.zeros(2, 1, dtype=torch.long), logits)
+
+
+def test_seeded_draws_are_made_on_the_generators_device_and_moved_to_the_logits():
+    generators = lambda: [torch.Generator().manual_seed(seed) for seed in (3, 4)]  # noqa: E731
+    on_cpu = row_uniforms(2, generators())
+    moved = row_uniforms(2, generators(), torch.device("meta"))  # a device with no data: nothing is computed there
+    assert moved.device.type == "meta" and moved.shape == on_cpu.shape and moved.dtype == torch.float64
+    assert torch.equal(on_cpu, torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in generators()]))
+    assert row_gumbels((2, 5), generators(), torch.device("meta")).device.type == "meta"
+
+
+class FailsOnRemovedRows(Processor):
+    """A processor that cannot handle a row without any finite value (as a third-party one might not)."""
+
+    def process(self, input_ids, logits):
+        if not torch.isfinite(logits).any(dim=-1).all():
+            raise RuntimeError("cannot normalise an empty row")
+        return logits
+
+
+def test_the_first_bad_stage_is_named_also_when_a_later_processor_fails_on_it():
+    chain = decoders.Chain([LogitBias({token: float("-inf") for token in range(6)}), FailsOnRemovedRows()], Greedy())
+    logits = torch.zeros(2, 6)
+    with pytest.raises(decoders.NonFiniteLogitsError, match=r"returned by processor #1 'LogitBias' have every token removed"):
+        chain.select(torch.zeros(2, 1, dtype=torch.long), logits)
+    with pytest.raises(decoders.NonFiniteLogitsError, match=r"given to processor #1 'LogitBias' contain NaN in batch row 1"):
+        chain.select(torch.zeros(2, 1, dtype=torch.long), torch.tensor([[0.0] * 6, [float("nan")] * 6]))

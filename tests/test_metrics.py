@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,92 @@ def test_mean_entropy_from_scores_and_from_a_trace(tiny_gpt2_dir):
     assert metrics.mean_entropy(results[0].steps) == pytest.approx(
         sum(s.stages[-1].entropy for s in results[0].steps) / 5
     )
+
+
+def test_rep_n_pooled_and_diversity_on_hand_made_texts():
+    looping = "the cat sat the cat sat the cat sat".split()  # 9 words: 8 bigrams (3 unique), 7 trigrams (3), 6 4-grams (3)
+    fresh = "one two three four five six seven eight nine".split()
+    assert metrics.rep_n([looping], 2, pooled=True) == pytest.approx(1 - 3 / 8)
+    assert metrics.rep_n([looping], 4, pooled=True) == pytest.approx(1 - 3 / 6)
+    # pooled: (3 + 8) unique of (8 + 8) bigrams; averaged: mean(5/8, 0)
+    assert metrics.rep_n([looping, fresh], 2, pooled=True) == pytest.approx(1 - 11 / 16)
+    assert metrics.rep_n([looping, ["a", "b"]], 2) == pytest.approx((5 / 8 + 0) / 2)
+    assert metrics.diversity([fresh]) == 1.0
+    assert metrics.diversity([looping]) == pytest.approx((3 / 8) * (3 / 7) * (3 / 6))
+    assert metrics.diversity([looping, fresh]) == pytest.approx((11 / 16) * (10 / 14) * (9 / 12))
+    with pytest.raises(ValueError, match="shorter than 4"):
+        metrics.diversity([["a", "b", "c"]])
+
+
+def test_coherence_is_the_cosine_of_mean_pooled_embeddings(tiny_gpt2_dir):
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    tokenizer = loaded.tokenizer
+    prompt = tokenizer("The history of the English theatre")["input_ids"]
+    same, other = list(prompt), tokenizer(" 1 2 3 4 5 6 7 8 9 !!", add_special_tokens=False)["input_ids"]
+    embeddings = metrics.mean_pooled_embeddings(loaded, [prompt, same, other], batch_size=3)
+    alone = metrics.mean_pooled_embeddings(loaded, [other], batch_size=1)
+    assert embeddings[2].tolist() == pytest.approx(alone[0].tolist(), abs=1e-5)  # padding is left out of the mean
+    # by hand: the mean of the last hidden state over the tokens
+    with torch.no_grad():
+        hidden = loaded.model(torch.tensor([other]), output_hidden_states=True).hidden_states[-1][0]
+    assert alone[0].tolist() == pytest.approx(hidden.mean(dim=0).tolist(), abs=1e-5)
+    scores = metrics.coherence(embeddings[[0, 0]], embeddings[[1, 2]])
+    assert scores[0] == pytest.approx(1.0)  # a continuation that repeats its prompt
+    expected = torch.dot(embeddings[0], embeddings[2]) / (embeddings[0].norm() * embeddings[2].norm())
+    assert scores[1] == pytest.approx(float(expected), abs=1e-6) and scores[1] < scores[0]
+    with pytest.raises(ValueError, match="one of each per text"):
+        metrics.coherence(embeddings[:2], embeddings[:1])
+    with pytest.raises(ValueError, match="at least one token"):
+        metrics.mean_pooled_embeddings(loaded, [[]])
+
+
+def mean_of(values):
+    return metrics.ratio_of_sums(values, np.ones(len(values)))
+
+
+def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():
+    # 400 synthetic samples of 30 values (true mean 5, sd 2): the 95 % interval should cover 5 about 95 % of the
+    # time (the percentile bootstrap runs a little short at n = 30, about 93-94 %)
+    rng = np.random.default_rng(12345)
+    covered = 0
+    for trial in range(400):
+        values = rng.normal(5.0, 2.0, size=30)
+        low, high = metrics.bootstrap_interval(mean_of(values), len(values), resamples=1000, seed=trial)
+        covered += low <= 5.0 <= high
+    assert 0.91 <= covered / 400 <= 0.98
+
+
+def test_cluster_bootstrap_covers_the_mean_of_prompts_with_several_seeds():
+    # y[prompt, seed] = 1 + prompt effect (sd 1) + seed noise (sd 2): resampling prompts with all their seeds
+    # covers the true mean 1 at about the nominal rate
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(300):
+        y = 1.0 + rng.normal(0, 1, size=(30, 1)) + rng.normal(0, 2, size=(30, 3))
+        low, high = metrics.bootstrap_interval(
+            metrics.ratio_of_sums(y.sum(axis=1), np.full(30, 3.0)), 30, resamples=1000, seed=trial
+        )
+        covered += low <= 1.0 <= high
+    assert 0.91 <= covered / 300 <= 0.98
+
+
+def test_bootstrap_interval_is_seeded():
+    values = np.random.default_rng(0).exponential(size=40)
+    first = metrics.bootstrap_interval(mean_of(values), 40, seed=3)
+    assert metrics.bootstrap_interval(mean_of(values.copy()), 40, seed=3) == first  # same data, same interval
+    assert metrics.bootstrap_interval(mean_of(values), 40, seed=4) != first
+    low, high = first
+    assert low < values.mean() < high
+    weights = metrics.bootstrap_weights(5, resamples=200, seed=1)
+    assert weights.shape == (200, 5) and (weights.sum(axis=1) == 5).all()
+    with pytest.raises(ValueError, match="level"):
+        metrics.bootstrap_interval(mean_of(values), 40, level=95)
+
+
+def test_jackknife_interval_of_a_mean_is_the_normal_interval():
+    values = np.random.default_rng(1).normal(3.0, 1.5, size=25)
+    low, high = metrics.jackknife_interval(mean_of(values), len(values))
+    half = 1.959964 * values.std(ddof=1) / math.sqrt(len(values))  # the jackknife se of a mean is s / √n
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half))
+    with pytest.raises(ValueError, match="two clusters"):
+        metrics.jackknife_interval(mean_of(values[:1]), 1)

@@ -183,6 +183,11 @@ class Processor(Component):
     #: whether the rule maps each value on its own, preserving order (the chain may then run a following
     #: top-k first and apply this rule to the k survivors only)
     elementwise_monotone: bool = False
+    #: whether this processor is a *constraint*: it only removes the tokens a rule forbids (a grammar) and changes
+    #: no other value. The chain runs constraints on the model's logits, before every other processor, wherever
+    #: they are listed: truncations after them choose among allowed tokens only (the distribution of masking
+    #: first), so a truncation can never leave a row with no allowed token
+    constraint: bool = False
     #: the generation this processor is part of (replaced by :meth:`reset`)
     context: DecodeContext = DecodeContext()
 

@@ -12,6 +12,7 @@ cumulative sum, bit-for-bit unchanged. The tests compare both paths on random ro
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from decoders.processors.base import NEG_INF
@@ -43,10 +44,13 @@ def largest(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def first_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(dim=-1)`` (the first index of the maximum) with one blocked read of each row."""
+    """``logits.argmax(dim=-1)`` (the first index of the maximum) with one blocked read of each row on the CPU.
+
+    Elsewhere (and for short rows) it is ``argmax`` itself, which needs no host synchronisation.
+    """
     rows, vocab_size = logits.shape
     blocks = vocab_size // BLOCK
-    if blocks < 16 or blocks * BLOCK != vocab_size or logits.dtype.is_complex:
+    if logits.device.type != "cpu" or blocks < 16 or blocks * BLOCK != vocab_size or logits.dtype.is_complex:
         return logits.argmax(dim=-1)
     body = logits.reshape(rows, blocks, BLOCK)
     block_max = body.amax(dim=-1)
@@ -96,3 +100,92 @@ def aligned_scatter(values: torch.Tensor, ids: torch.Tensor, vocab_size: int) ->
     columns = torch.where(in_tail, used_blocks * BLOCK + (ids - full_blocks * BLOCK), rank * BLOCK + ids % BLOCK)
     row = values.new_full((rows, length), NEG_INF)
     return row.scatter_reduce(1, columns, values, reduce="amax"), columns
+
+
+#: buckets per row of the histogram :func:`mass_cut` locates the cut with
+MASS_BUCKETS = 2048
+#: values per group of rows in :func:`row_chunks` (4 MB of float32: large temporaries cost page faults)
+CHUNK_VALUES = 1 << 22
+
+
+def mass_cut(
+    keys: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, band: torch.Tensor, low: torch.Tensor,
+    high: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each row's weight, summed in ascending order of ``keys``, reaches ``target`` — without sorting the row.
+
+    A histogram of the weights over :data:`MASS_BUCKETS` buckets of key values between ``low`` and ``high``
+    (keys outside go to the end buckets) locates the bucket holding the crossing; only that bucket's tokens are
+    gathered and sorted. The sums are exact-arithmetic estimates (float32 weights, float32 cascade and float64
+    sums), so a crossing counts as found only where the running sums before and through the group of equal keys
+    at the crossing are more than ``band`` away from ``target``.
+
+    Args:
+        keys: ``[B, V]`` float, no NaN.
+        weights: ``[B, V]`` non-negative float.
+        target: ``[B]`` float64 weight to reach.
+        band: ``[B]`` float64 distance from ``target`` that the sums must keep.
+        low, high: ``[B, 1]`` the key range the buckets span.
+
+    Returns:
+        ``value``: ``[B, 1]`` the key of the group of equal keys in which the running sum reaches ``target``;
+        ``found``: ``[B]`` bool, whether that is certain (rows where it is not have an arbitrary ``value``);
+        ``size``: ``[B]`` how many tokens share that key.
+    """
+    rows, vocab_size = keys.shape
+    scale = MASS_BUCKETS / (high - low).clamp(min=1e-30)  # finite even when every key is equal
+    bucket = torch.sub(keys, low).mul_(scale).clamp_(0, MASS_BUCKETS - 1).to(torch.int64)
+    histogram = weights.new_zeros(rows, MASS_BUCKETS).scatter_add_(1, bucket, weights).double()
+    running = histogram.cumsum(dim=-1)
+    crossing = (running < target.unsqueeze(-1)).sum(dim=-1, keepdim=True).clamp(max=MASS_BUCKETS - 1)
+    # a crossing group lighter than twice the band cannot be clear of it: gather nothing for such rows
+    possible = histogram.gather(1, crossing) > band.unsqueeze(-1) * 1.5
+    below = torch.where(bucket < crossing, weights, 0).sum(dim=-1).double()  # a float32 cascade sum: precise
+    row, column = (bucket == crossing.masked_fill(~possible, -1)).nonzero(as_tuple=True)
+    counts = torch.bincount(row, minlength=rows)
+    width = max(int(counts.max()) if rows else 0, 1)
+    place = torch.arange(row.numel(), device=keys.device) - (counts.cumsum(0) - counts)[row]
+    bucket_keys = keys.new_full((rows, width), float("inf")).index_put_((row, place), keys[row, column])
+    bucket_keys, order = bucket_keys.sort(dim=-1)
+    bucket_weights = weights.new_zeros(rows, width).index_put_((row, place), weights[row, column])
+    bucket_weights = bucket_weights.gather(1, order).double()
+    running = below.unsqueeze(-1) + bucket_weights.cumsum(dim=-1)
+    reached = (running < target.unsqueeze(-1)).sum(dim=-1, keepdim=True).clamp(max=counts.clamp(min=1).unsqueeze(-1) - 1)
+    value = bucket_keys.gather(1, reached)
+    before = below + torch.where(bucket_keys < value, bucket_weights, 0).sum(dim=-1)
+    through = before + torch.where(bucket_keys == value, bucket_weights, 0).sum(dim=-1)
+    found = possible.squeeze(-1) & (counts > 0) & (before < target - band) & (through > target + band)
+    return value, found, (bucket_keys == value).sum(dim=-1)
+
+
+def sorted_values(values: torch.Tensor) -> torch.Tensor:
+    """Each row of a CPU tensor sorted ascending, values only (NumPy's vectorised sort: no index permutation)."""
+    return torch.from_numpy(np.sort(values.numpy(), axis=-1))
+
+
+def row_chunks(rows: torch.Tensor, vocab_size: int) -> list[torch.Tensor]:
+    """``rows`` (indices) split into groups of at most :data:`CHUNK_VALUES` values; take them with :func:`take_rows`."""
+    return list(rows.split(max(1, CHUNK_VALUES // vocab_size))) if rows.numel() else []
+
+
+def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]``: a view when the rows are consecutive (as they are unless some row is left out), else a copy."""
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == rows.numel():
+        return tensor[first : last + 1]
+    return tensor[rows]
+
+
+def sorted_by_key(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``values`` in ascending order of its non-negative float32 ``keys`` (CPU), with the sorted keys.
+
+    Sorts one int64 per token (the key's bits above the value's), so no index permutation is built; among equal
+    keys the values come in the order of their bits.
+    """
+    packed = keys.numpy().view(np.uint32).astype(np.int64)
+    packed <<= 32
+    packed |= values.numpy().view(np.uint32)
+    packed.sort(axis=-1)
+    sorted_vals = packed.astype(np.uint32).view(np.float32)  # the low 32 bits
+    packed >>= 32
+    return torch.from_numpy(packed.astype(np.uint32).view(np.float32)), torch.from_numpy(sorted_vals)

@@ -10,12 +10,49 @@ from __future__ import annotations
 import torch
 
 from decoders.processors.base import NEG_INF, Candidates, Processor, check_parameter, is_count, is_real
-from decoders.processors.selection import aligned_scatter, aligned_tail_row, largest
+from decoders.processors.selection import (
+    aligned_scatter,
+    aligned_tail_row,
+    largest,
+    mass_cut,
+    row_chunks,
+    take_rows,
+    sorted_by_key,
+    sorted_values,
+)
 
-#: vocabularies at least this large get the fast candidate paths of top-p and min-p used without top-k
+#: vocabularies at least this large get the fast candidate paths of top-p and min-p used without top-k, and the
+#: sort-free cuts of top-p and typical-p
 FAST_VOCAB = 4096
 #: top-p without top-k: a row whose cut lies this close to 1 - top_p is decided by the dense rule
 TOP_P_MARGIN = 1e-4
+#: top-p without top-k: past this many largest values, a row still short of top_p by more than CANDIDATE_SLACK
+#: (a flat row: its nucleus is thousands of tokens) is left to the dense rule, which cuts it without sorting
+CANDIDATE_NUCLEUS = 512
+CANDIDATE_SLACK = 0.1
+#: sort-free top-p: a cut whose neighbouring cumulative masses lie within this fraction of 1 - top_p is left to the
+#: exact rule (transformers' float32 sums over its sorted row differ from exact sums by rounding; measured < 1e-6)
+TOP_P_BAND = 5e-6
+#: sort-free typical-p: the same for its cut at typical_p (its sums run in order of distance, mixing large and
+#: tiny probabilities, and round off up to ~1e-4 of the mass on a 152k vocabulary)
+TYPICAL_BAND = 2e-3
+#: typical-p, sorted by distance: equal distances of different logits (nearly equal logits rounded alike) may sit
+#: in another order in transformers' sort; its cumulative masses then change by rounding (measured: not at all at
+#: the ends of such groups over 64 realistic rows with 100-180 of them each), so a cut this far from typical_p
+#: (relative) stands
+REORDER_BAND = 1e-6
+#: logits this far below a row's maximum have probability exactly 0 in float32
+UNDERFLOW = 104.0
+
+
+def _sort_free(logits: torch.Tensor) -> bool:
+    """Whether the sort-free cuts apply: float32 on the CPU (whose rounding the bands are measured for), a long row."""
+    return logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.shape[-1] >= FAST_VOCAB
+
+
+def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B]``: rows with no NaN or +inf and at least one finite value (the others get the sorting rule)."""
+    return torch.isfinite(logits.amax(dim=-1))
 
 
 def _check_min_keep(min_tokens_to_keep: int) -> None:
@@ -173,21 +210,22 @@ class TopP(ValueProcessor):
         tokens reaches ``top_p``. The dense rule (transformers') sums probabilities in float32 over the sorted
         vocabulary, which can differ from exact sums by rounding; so a row whose cut lies within
         :data:`TOP_P_MARGIN` of the threshold, or has equal values on both sides of the cut, is decided by the
-        dense rule itself, and so the kept set is the dense rule's. None when some row's nucleus is a large
-        part of the vocabulary (the dense rule is then as cheap).
+        dense rule itself, and so the kept set is the dense rule's. None when some row's nucleus is a large part
+        of the vocabulary, or 512 tokens hold less than ``top_p - 0.1`` (the dense rule finds such wide cuts
+        without sorting: see :meth:`_cuts`).
         """
         rows, vocab_size = logits.shape
         if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
             return None
         row_max = logits.amax(dim=-1, keepdim=True)
-        mass = torch.cat([torch.exp(row - top).sum(dtype=torch.float64).view(1) for row, top in zip(logits, row_max)])
+        mass = torch.exp(logits - row_max).sum(dim=-1).double()  # a float32 cascade sum: far inside the margin
         kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         pending = list(range(rows))
         width = 64
         while pending:
             if width * 16 > vocab_size:
                 return None
-            values, ids = largest(logits[pending], width)
+            values, ids = largest(logits if len(pending) == rows else logits[pending], width)
             probs = torch.exp((values - row_max[pending]).double()) / mass[pending, None]
             inclusive = probs.cumsum(dim=-1)
             exclusive = inclusive - probs
@@ -197,6 +235,8 @@ class TopP(ValueProcessor):
             tie_at_cut = (values.gather(1, count - 1) == values.gather(1, count.clamp(max=width - 1))).squeeze(-1)
             unsure = ((exclusive - self.top_p).abs() < TOP_P_MARGIN).any(dim=-1) | tie_at_cut
             enough = (inclusive[:, -1] >= self.top_p + TOP_P_MARGIN).tolist()
+            if width >= CANDIDATE_NUCLEUS and bool((inclusive[:, -1] < self.top_p - CANDIDATE_SLACK).any()):
+                return None  # a nucleus of thousands of tokens: the dense rule cuts it without sorting
             still_pending, exact_rows = [], []
             for index, row in enumerate(pending):
                 if not enough[index]:
@@ -224,10 +264,57 @@ class TopP(ValueProcessor):
     def process(self, input_ids, logits):
         if self.top_p >= 1.0:  # keep everything, also tokens whose probability underflows to 0
             return logits.clone()
+        if not _sort_free(logits):
+            return self._process_sorting(logits)
+        cut, unsure = self._cuts(logits)
+        processed = logits.masked_fill(logits < cut, NEG_INF)
+        if unsure.any():
+            rows = unsure.nonzero().squeeze(-1)
+            processed[rows] = self._process_sorting(logits[rows])
+        return processed
+
+    def _process_sorting(self, logits: torch.Tensor) -> torch.Tensor:
+        """transformers' rule as it runs it: sort the row, cut the cumulative sum, scatter back."""
         ascending, order = torch.sort(logits, descending=False)
         remove_sorted = self._remove_sorted(ascending)
         remove = remove_sorted.scatter(1, order, remove_sorted)
         return logits.masked_fill(remove, NEG_INF)
+
+    def _cuts(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the smallest kept value ``[B, 1]``, found without an argsort; and the rows ``[B]`` only the
+        sorting rule can decide (NaN/+inf, or equal values on both sides of the cut: which of them go is the sort's
+        order).
+
+        transformers keeps the tokens whose ascending cumulative probability exceeds ``1 - top_p``. A histogram
+        threshold search (:func:`mass_cut`) finds that cut in exact arithmetic; it is the rule's own cut unless a
+        neighbouring cumulative mass lies within :data:`TOP_P_BAND` of the threshold, where transformers' float32
+        sums over its sorted row decide by rounding. Those rows are cut from the rule's own float32 sums, over
+        the row's values sorted without indices.
+        """
+        rows, vocab_size = logits.shape
+        threshold = float(torch.tensor(1 - self.top_p, dtype=torch.float32))  # the rule compares in float32
+        cut = logits.new_full((rows, 1), NEG_INF)
+        finite = _finite_rows(logits)
+        pending = finite.clone()
+        for at in row_chunks(finite.nonzero().squeeze(-1), vocab_size) if self.min_tokens_to_keep == 1 else []:
+            row_logits = take_rows(logits, at)
+            probs = row_logits.softmax(dim=-1)
+            target = threshold * probs.sum(dim=-1).double()
+            row_max = row_logits.amax(dim=-1, keepdim=True)
+            low = torch.maximum(row_logits.amin(dim=-1, keepdim=True), row_max - UNDERFLOW)
+            value, found, size = mass_cut(row_logits, probs, target, TOP_P_BAND * target, low, row_max)
+            clear = found & (size == 1)
+            cut[at[clear]] = value[clear]
+            pending[at[clear]] = False
+        unsure = ~finite
+        for at in row_chunks(pending.nonzero().squeeze(-1), vocab_size):  # the rule's float32 sums, values sorted
+            ascending = sorted_values(take_rows(logits, at))
+            first_kept = self._remove_sorted(ascending).sum(dim=-1, keepdim=True)  # what is removed is a prefix
+            value = ascending.gather(1, first_kept)
+            tied = ((first_kept > 0) & (ascending.gather(1, (first_kept - 1).clamp(min=0)) == value)).squeeze(-1)
+            cut[at] = value
+            unsure[at[tied]] = True
+        return cut, unsure
 
     def process_candidates(self, input_ids, candidates):
         if self.top_p >= 1.0:
@@ -325,15 +412,74 @@ class TypicalP(ValueProcessor):
         if self.typical_p >= 1.0:  # the cumulative mass may round below 1: keep everything explicitly
             return logits.clone()
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
-        entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)
+        probs = log_probs.exp()
+        entropy = -(log_probs * probs).nansum(-1, keepdim=True)
         distance = torch.abs(-log_probs - entropy)
+        if not _sort_free(logits):
+            return logits.masked_fill(self._remove_sorting(logits, distance), NEG_INF)
+        cut, unsure = self._cuts(logits, probs, distance)
+        processed = logits.masked_fill(distance > cut, NEG_INF)
+        if unsure.any():
+            rows = unsure.nonzero().squeeze(-1)
+            processed[rows] = logits[rows].masked_fill(self._remove_sorting(logits[rows], distance[rows]), NEG_INF)
+        return processed
+
+    def _remove_sorting(self, logits: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """transformers' rule as it runs it: sort by distance, cut the cumulative sum, scatter back (a mask)."""
         sorted_distance, order = torch.sort(distance, descending=False)
         cumulative = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
         last = (cumulative < self.typical_p).sum(dim=1).clamp(max=sorted_distance.shape[-1] - 1)
         remove_sorted = sorted_distance > sorted_distance.gather(1, last.view(-1, 1))
         remove_sorted[..., : self.min_tokens_to_keep] = False
-        remove = remove_sorted.scatter(1, order, remove_sorted)
-        return logits.masked_fill(remove, NEG_INF)
+        return remove_sorted.scatter(1, order, remove_sorted)
+
+    def _cuts(self, logits: torch.Tensor, probs: torch.Tensor, distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the largest kept distance ``[B, 1]``, found without an argsort; and the rows ``[B]`` only the
+        sorting rule can decide.
+
+        The rule keeps every token whose distance is at most that of the token at which the cumulative mass, in
+        order of distance, reaches ``typical_p``; equal distances share that fate, so only the group of equal
+        distances where the mass is reached matters. A histogram threshold search (:func:`mass_cut`) finds it in
+        exact arithmetic unless the mass before or through that group lies within :data:`TYPICAL_BAND` of
+        ``typical_p``; those rows are cut from the rule's own float32 sums over the logits sorted by distance
+        (sorted as packed keys, without indices). Only rows where equal distances hold different logits (whose order
+        in transformers' sort changes its float32 sums), NaN/+inf rows, and a ``min_tokens_to_keep`` floor splitting
+        equal distances need the sorting rule itself.
+        """
+        rows, vocab_size = logits.shape
+        mass = float(torch.tensor(self.typical_p, dtype=torch.float32))  # the rule compares in float32
+        cut = logits.new_full((rows, 1), float("inf"))
+        finite = _finite_rows(logits)
+        pending = finite.clone()
+        for at in row_chunks(finite.nonzero().squeeze(-1), vocab_size) if self.min_tokens_to_keep == 1 else []:
+            row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
+            target = mass * row_probs.sum(dim=-1).double()
+            low = row_distance.amin(dim=-1, keepdim=True)
+            high = torch.where(torch.isinf(row_distance), 0, row_distance).amax(dim=-1, keepdim=True)
+            value, clear, _ = mass_cut(row_distance, row_probs, target, TYPICAL_BAND * target, low, high)
+            cut[at[clear]] = value[clear]
+            pending[at[clear]] = False
+        unsure = ~finite
+        keep = min(self.min_tokens_to_keep, vocab_size)
+        for at in row_chunks(pending.nonzero().squeeze(-1), vocab_size):  # the rule's float32 sums, by distance
+            sorted_distance, sorted_logits = sorted_by_key(take_rows(distance, at), take_rows(logits, at))
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            last = (cumulative < self.typical_p).sum(dim=1, keepdim=True).clamp(max=vocab_size - 1)
+            value = sorted_distance.gather(1, last)
+            same_distance = sorted_distance[:, 1:] == sorted_distance[:, :-1]
+            reordered = (same_distance & (sorted_logits[:, 1:] != sorted_logits[:, :-1])).any(dim=-1)
+            # transformers' sort may order such tokens otherwise, which changes its float32 sums by rounding only:
+            # that matters where the bounds of the group holding the crossing lie within REORDER_BAND of typical_p
+            start = (sorted_distance < value).sum(dim=-1, keepdim=True)
+            through = cumulative.gather(1, (sorted_distance <= value).sum(dim=-1, keepdim=True) - 1)
+            before = torch.where(start > 0, cumulative.gather(1, (start - 1).clamp(min=0)), 0)
+            band = REORDER_BAND * mass
+            reordered &= ~((before < mass - band) & (through > mass + band)).squeeze(-1)
+            floor = sorted_distance[:, keep - 1 : keep]  # the min_tokens_to_keep most typical tokens stay
+            split = (floor > value) & (sorted_distance[:, keep:].narrow(1, 0, min(1, vocab_size - keep)) == floor)
+            cut[at] = torch.maximum(value, floor)
+            unsure[at[reordered | split.any(dim=-1)]] = True
+        return cut, unsure
 
 
 def _keep_largest(remove: torch.Tensor, logits: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:

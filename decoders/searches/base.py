@@ -19,6 +19,7 @@ import torch
 
 from decoders.chain import Chain, Scores
 from decoders.errors import StrategyError
+from decoders.mixed import MixedChain, MixedScores
 from decoders.processors.base import Candidates, Component
 from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs, TokenLogprob
 from decoders.selectors import Selector
@@ -100,8 +101,10 @@ class Search(Component):
     ``requires`` lists the processor state methods it calls beside ``reset``/``accept`` (``"reorder"`` for
     searches that fork or drop rows), ``selector_methods`` the selector methods it calls beside ``select``
     (``"select_many"`` for beams), ``streams`` whether :func:`decoders.stream` can show its tokens as they
-    are chosen, ``stop_strings`` whether it honours stop strings, and ``samples`` whether it draws samples (the
-    sample selector is its natural one: the CLI picks it when the user chose no strategy).
+    are chosen, ``stop_strings`` whether it honours stop strings, ``samples`` whether it draws samples (the
+    sample selector is its natural one: the CLI picks it when the user chose no strategy), and ``per_row_chains``
+    whether it picks tokens only through ``chain.choose`` (then the rows of a mixed-strategy batch may differ in
+    their selectors too; otherwise they must share one, which the search reads as ``chain.selector``).
     """
 
     requires: tuple[str, ...] = ()
@@ -109,6 +112,7 @@ class Search(Component):
     streams: bool = True
     stop_strings: bool = True
     samples: bool = False
+    per_row_chains: bool = False
 
     def check(self, chain: Chain) -> None:
         """Raise :class:`StrategyError` if ``chain`` cannot be used with this search."""
@@ -128,16 +132,20 @@ class Search(Component):
         return f"{type(self).__name__}({params})"
 
 
-def processed_log_probs(scores: Scores, token_ids: torch.LongTensor) -> torch.Tensor:
+def processed_log_probs(scores: Scores | MixedScores, token_ids: torch.LongTensor) -> torch.Tensor:
     """Log-probabilities ``[R, m]`` of ``token_ids [R, m]`` under softmax(scores) (``-inf`` where removed)."""
+    if isinstance(scores, MixedScores):
+        return scores.gather_rows(
+            [processed_log_probs(part, token_ids[rows]) for part, rows in zip(scores.parts, scores.rows)]
+        )
     if isinstance(scores, Candidates):
         values = scores.values.float()
         norm = torch.logsumexp(values, dim=-1, keepdim=True)
         hits = scores.ids.unsqueeze(1) == token_ids.unsqueeze(-1)  # [R, m, k]
         found = torch.where(hits, values.unsqueeze(1), float("-inf")).amax(dim=-1)
         return found - norm
-    values = scores.float()
-    return values.gather(1, token_ids) - torch.logsumexp(values, dim=-1, keepdim=True)
+    # log_softmax is one fused pass over the vocabulary; logsumexp is several (and slow when threads contend)
+    return torch.log_softmax(scores.float(), dim=-1).gather(1, token_ids)
 
 
 class LogprobBuffer:
@@ -168,9 +176,7 @@ class LogprobBuffer:
         """
         top = torch.topk(logits, n, dim=-1).indices if n else tokens.new_zeros((tokens.shape[0], 0))
         ids = torch.cat([tokens.unsqueeze(-1), top], dim=-1)
-        raw = logits.gather(1, ids)
-        if not normalised:
-            raw = raw - torch.logsumexp(logits, dim=-1, keepdim=True)
+        raw = logits.gather(1, ids) if normalised else torch.log_softmax(logits, dim=-1).gather(1, ids)
         return ids, raw, processed_log_probs(scores, ids)
 
     def write(self, step: int, ids: torch.Tensor, raw: torch.Tensor, processed: torch.Tensor) -> None:
@@ -201,29 +207,43 @@ class RowTracker:
     ``max_new_tokens``, sums each row's score (the log-probability of its tokens under the processed
     distribution), keeps traces and log-probabilities when asked, and makes the step events and outcomes.
 
+    Finished rows leave the batch (:meth:`leave`: the session's KV cache, the chain and the tracker's buffers
+    keep only the live rows) when every processor can follow a change of rows (``reorder``); otherwise they
+    stay, given the padding id (:meth:`hold_finished`). Step events, outcomes, scores, log-probabilities and
+    traces always report every original row, in the prompts' order.
+
     Args:
         job: the search's job.
         rows: the number of rows (one hypothesis each).
 
     Example:
         >>> tracker = RowTracker(job, session.rows)  # doctest: +SKIP
-        >>> tokens = tracker.hold_finished(chain.choose(scores, job.generators))  # doctest: +SKIP
+        >>> tokens = tracker.hold_finished(chain.choose(scores, tracker.generators))  # doctest: +SKIP
         >>> event = tracker.record(step, logits, scores, tokens)  # doctest: +SKIP
+        >>> tracker.leave(session)  # doctest: +SKIP
     """
 
     def __init__(self, job: SearchJob, rows: int):
         self.job, self.rows = job, rows
         device = job.session.device
+        #: the original row of each batch row (rows leave the batch as they finish)
+        self.batch_rows = list(range(rows))
+        #: the generators of the batch rows, in batch order
+        self.generators = job.generators
         self.finished = [False] * rows
-        self.finished_mask = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.finished_mask = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row
+        self._held = False  # whether a finished row is still in the batch
         self.reasons: list[FinishReason] = ["length"] * rows
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.scores = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.scores = torch.zeros(rows, dtype=torch.float64, device=device)  # per batch row
+        self.final_scores: list[float | None] = [None] * rows
+        self.final_logprobs: list[list[StepLogprobs] | None] = [None] * rows
         self.texts = [job.row_text() for _ in range(rows)] if job.texts or job.stops else None
         self.records: list[list[StepRecord]] | None = [[] for _ in range(rows)] if job.trace else None
         self.logprobs = (
             LogprobBuffer(rows, job.max_new_tokens, job.logprobs, device) if job.logprobs is not None else None
         )
+        self.can_leave = _can_reorder(job.chain)
 
     @property
     def done(self) -> bool:
@@ -237,9 +257,9 @@ class RowTracker:
         return stages, lambda index, processor, before, after: stages.append((processor.kind, after))
 
     def hold_finished(self, tokens: torch.LongTensor) -> torch.LongTensor:
-        """``tokens`` with the padding id in the rows that have already finished (which the chain's context
+        """``tokens`` with the padding id in the finished rows still in the batch (which the chain's context
         then marks as not live, for :meth:`Processor.accept`)."""
-        if any(self.finished):
+        if self._held:
             self.job.chain.context.live = ~self.finished_mask
             return tokens.masked_fill(self.finished_mask, self.job.session.pad_id)
         return tokens
@@ -247,28 +267,31 @@ class RowTracker:
     def record(
         self, step: int, logits: torch.Tensor, scores: Scores, tokens: torch.LongTensor, stages: list | None = None
     ) -> StepEvent:
-        """Take step ``step``'s tokens (``[rows]``, chosen from ``scores``, made from the model's ``logits``)."""
-        job = self.job
+        """Take step ``step``'s tokens (``[batch rows]``, chosen from ``scores``, made from the model's ``logits``)."""
+        job, batch_rows = self.job, self.batch_rows
         if self.logprobs is not None:
             measured = LogprobBuffer.measure(logits, scores, tokens, self.logprobs.n)
             self.logprobs.write(step, *measured)
             chosen_log_probs = measured[2][:, 0]  # column 0 is the chosen token
         else:
             chosen_log_probs = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1)
-        self.scores += chosen_log_probs.double().masked_fill(self.finished_mask, 0.0)
-        active = [row for row, done in enumerate(self.finished) if not done]
+        chosen_log_probs = chosen_log_probs.double()
+        self.scores += chosen_log_probs.masked_fill(self.finished_mask, 0.0) if self._held else chosen_log_probs
+        active = [index for index, row in enumerate(batch_rows) if not self.finished[row]]
         step_trace: list[StepRecord | None] | None = None
-        if self.records is not None and stages is not None:
+        if self.records is not None:
             step_trace = [None] * self.rows
-            for record in step_records(step, stages, tokens, job.tokenizer, rows=active, top=job.top):
+            for record in self._step_records(step, scores, stages, tokens, active):
+                record = record.model_copy(update={"row": batch_rows[record.row]})
                 step_trace[record.row] = record
                 self.records[record.row].append(record)
         token_ids: list[int | None] = [None] * self.rows
         new_texts = [""] * self.rows
         chosen = tokens.tolist()
         last_step = step == job.max_new_tokens - 1
-        for row in active:
-            token_ids[row] = token = chosen[row]
+        for index in active:
+            row = batch_rows[index]
+            token_ids[row] = token = chosen[index]
             self.tokens[row].append(token)
             text = self.texts[row] if self.texts else None
             if text is not None:
@@ -281,25 +304,71 @@ class RowTracker:
             elif last_step:
                 reason = "length"
             if reason is not None:
-                self.finished[row], self.finished_mask[row], self.reasons[row] = True, True, reason
+                self.finished[row], self.finished_mask[index], self.reasons[row] = True, True, reason
+                self._held = True  # until it leaves the batch
                 if text is not None and reason != "stop":
                     text.flush()
             if text is not None:
                 new_texts[row] = text.take(final=self.finished[row])
         return StepEvent(step, token_ids, new_texts, list(self.finished), step_trace)
 
+    def _step_records(self, step, scores, stages, tokens, active) -> list[StepRecord]:
+        """The trace records of the batch rows ``active`` (``row`` is the batch row)."""
+        job = self.job
+        if not isinstance(scores, MixedScores):
+            return step_records(step, stages, tokens, job.tokenizer, rows=active, top=job.top) if stages else []
+        records = []
+        for rows, group_stages in zip(scores.rows, scores.stages or []):
+            batch = rows.tolist()
+            wanted = set(active)
+            local = [i for i, row in enumerate(batch) if row in wanted]
+            if local:
+                group = step_records(step, group_stages, tokens[rows], job.tokenizer, rows=local, top=job.top)
+                records += [r.model_copy(update={"row": batch[r.row]}) for r in group]
+        return records
+
+    def leave(self, session: ModelSession) -> torch.LongTensor | None:
+        """Drop the rows that finished at this step from the batch: the session (KV cache included), the chain
+        and this tracker keep the live rows only. Returns the batch rows kept (None when nothing changed).
+
+        Nothing leaves when the chain cannot follow a change of rows, or once every row has finished.
+        """
+        if not self.can_leave or self.done:
+            return None
+        keep = [index for index, row in enumerate(self.batch_rows) if not self.finished[row]]
+        if len(keep) == len(self.batch_rows):
+            return None
+        totals = self.scores.tolist()
+        for index, row in enumerate(self.batch_rows):
+            if self.finished[row]:
+                self.final_scores[row] = totals[index]
+                if self.logprobs is not None:
+                    self.final_logprobs[row] = self.logprobs.records(index, len(self.tokens[row]), self.job)
+        kept = torch.tensor(keep, dtype=torch.long, device=session.device)
+        session.select(kept)
+        self.job.chain.reorder(kept)
+        self.batch_rows = [self.batch_rows[index] for index in keep]
+        self.generators = None if self.generators is None else [self.generators[index] for index in keep]
+        self.scores = self.scores.index_select(0, kept)
+        self.finished_mask = self.finished_mask.index_select(0, kept)
+        self._held = False
+        if self.logprobs is not None:
+            self.logprobs.select(kept)
+        return kept
+
     def hypotheses(self) -> list[Hypothesis]:
         """Each row's hypothesis, in row order."""
         job = self.job
         texts = [t.final_text for t in self.texts] if self.texts else [job.decode(ids) for ids in self.tokens]
-        totals = self.scores.tolist()
+        totals, logprobs = list(self.final_scores), list(self.final_logprobs)
+        for index, (row, total) in enumerate(zip(self.batch_rows, self.scores.tolist())):
+            totals[row] = total
+            if self.logprobs is not None:
+                logprobs[row] = self.logprobs.records(index, len(self.tokens[row]), job)
         return [
             Hypothesis(
-                text=texts[row],
-                generated_ids=self.tokens[row],
-                score=totals[row],
-                finish_reason=self.reasons[row],
-                logprobs=None if self.logprobs is None else self.logprobs.records(row, len(self.tokens[row]), job),
+                text=texts[row], generated_ids=self.tokens[row], score=totals[row], finish_reason=self.reasons[row],
+                logprobs=logprobs[row],
             )  # fmt: skip
             for row in range(self.rows)
         ]
@@ -310,3 +379,17 @@ class RowTracker:
             Outcome([hypothesis], steps=None if self.records is None else self.records[row])
             for row, hypothesis in enumerate(self.hypotheses())
         ]
+
+
+def _can_reorder(chain: Chain | MixedChain) -> bool:
+    """Whether every processor of ``chain`` can follow rows that leave the batch."""
+    try:
+        chain.require(("reorder",), "single")
+    except StrategyError:
+        return False
+    return True
+
+
+def dense_scores(scores: Scores | MixedScores) -> torch.Tensor:
+    """The ``[R, V]`` processed scores that a chain's result stands for (a candidate set or groups made dense)."""
+    return scores.to_dense() if isinstance(scores, Candidates | MixedScores) else scores

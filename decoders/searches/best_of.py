@@ -52,6 +52,7 @@ class BestOfSearch(Search):
     requires = ("reorder",)
     streams = False
     samples = True
+    per_row_chains = True
 
     def __init__(self, n: int, rank_by: RankBy = "sum"):
         self.n = n

@@ -8,7 +8,7 @@ candidate v as
 
 where h is the model's last hidden layer, h_v the candidate's and h_j every earlier position's (the prompt's
 included, its left padding not); keep the best candidate — its KV cache row, its hidden state and its next
-logits — and go on. ``penalty_alpha = 0`` is greedy decoding.
+logits — and go on. ``penalty_alpha = 0`` is greedy decoding. Rows that end (EOS, stop string) leave the batch.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from decoders.chain import Chain, dense
+from decoders.chain import Chain
 from decoders.config import SearchConfig
 from decoders.errors import StrategyError
-from decoders.searches.base import RowTracker, Search, SearchJob, SearchRun
+from decoders.searches.base import RowTracker, Search, SearchJob, SearchRun, dense_scores
 from decoders.selectors import Greedy
 
 
@@ -51,6 +51,8 @@ class ContrastiveSearch(Search):
         >>> decoders.generate("DeepMind Company is", strategy, model=(model, tokenizer)).text  # doctest: +SKIP
     """
 
+    per_row_chains = True
+
     def __init__(self, penalty_alpha: float = 0.6, top_k: int = 4):
         self.penalty_alpha = penalty_alpha
         self.top_k = top_k
@@ -76,7 +78,7 @@ class ContrastiveSearch(Search):
         for step in range(job.max_new_tokens):
             stages, observer = tracker.observer(logits)
             scores = chain.run(session.ids, logits, observer)
-            top_probs, top_ids = torch.topk(dense(scores).softmax(dim=-1), k, dim=-1)
+            top_probs, top_ids = torch.topk(dense_scores(scores).softmax(dim=-1), k, dim=-1)
             session.select(every_row.repeat_interleave(k))
             session.append(top_ids.flatten())
             candidates = session.forward(hidden=True)
@@ -92,6 +94,11 @@ class ContrastiveSearch(Search):
             context = torch.cat([context, hidden[every_row, best].unsqueeze(1)], dim=1)
             valid = torch.cat([valid, valid.new_ones((rows, 1))], dim=1)
             logits = candidates.logits.view(rows, k, -1)[every_row, best]
+            kept = tracker.leave(session)
+            if kept is not None:  # finished rows left the batch
+                context, valid, logits = context[kept], valid[kept], logits[kept]
+                rows = len(kept)
+                every_row = torch.arange(rows, device=device)
         return tracker.outcomes()
 
 

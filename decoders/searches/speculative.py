@@ -87,7 +87,28 @@ class _Row:
         self.records: list[StepRecord] | None = [] if job.trace else None
         self.drafts: list[DraftRecord] | None = [] if job.trace else None
         self.budget = budget
+        self.pause = 0  # steps left without drafting
+        self.misses = 0  # verification steps in a row that kept no draft
         self.drafted = self.accepted = self.steps = 0
+
+    def schedule(self, drafted: int, accepted: int, cap: int | None) -> None:
+        """The heuristic schedule after a step: transformers' +2 when every draft was kept, −1 otherwise (down to
+        1), and a backing-off pause when none was kept: halve the draft length and draft nothing for 1, 2, 4, …
+        (at most 16) steps, doubling with each such step in a row (open-ended text rarely repeats the prompt)."""
+        if self.pause:
+            self.pause -= 1
+        if not drafted:
+            return
+        if accepted == drafted:
+            self.budget += 2
+        elif accepted:
+            self.budget = max(1, self.budget - 1)
+        else:
+            self.budget = max(1, self.budget // 2)
+            self.pause = min(16, 2**self.misses)
+        self.misses = 0 if accepted else self.misses + 1
+        if cap is not None:
+            self.budget = min(self.budget, cap)
 
     def commit(self, job: SearchJob, token: int, measured: tuple) -> str:
         """Append one token with its ``(log-prob, StepLogprobs, StepRecord)`` measurement; returns the text it made
@@ -134,7 +155,9 @@ class SpeculativeSearch(Search):
             ``(model, tokenizer)`` pair; it must share the target's vocabulary.
         num_assistant_tokens: tokens the draft model drafts per step (the starting value of the heuristic).
         num_assistant_tokens_schedule: ``"heuristic"``: a row drafts 2 more tokens after a step that kept
-            all its drafts, 1 fewer (at least 1) otherwise; ``"constant"``: the same number every step.
+            all its drafts, 1 fewer (at least 1) after one that kept some; after a step that kept none it halves
+            its draft length and pauses drafting for 1, 2, 4, … (at most 16) steps. ``"constant"``: the same
+            number every step.
 
     Example:
         >>> strategy = {"search": {"kind": "speculative", "prompt_lookup_num_tokens": 10}}
@@ -288,7 +311,9 @@ class SpeculativeSearch(Search):
         history, padding = self._history(job, rows, live)
         chain.context.padding = padding
         row_generators = [generators[row] for row in live] if generators is not None else [None] * batch
-        limits = [min(rows[row].budget, job.max_new_tokens - len(rows[row].tokens) - 1) for row in live]
+        limits = [
+            0 if rows[row].pause else min(rows[row].budget, job.max_new_tokens - len(rows[row].tokens) - 1) for row in live
+        ]
 
         # draft
         if draft is None:
@@ -357,13 +382,8 @@ class SpeculativeSearch(Search):
                         accepted=accepted[index], token=own[index], token_text=job.token_text(own[index]),
                     )  # fmt: skip
                 )
-            if self.num_assistant_tokens_schedule == "heuristic" and counts[index]:
-                if accepted[index] == counts[index]:
-                    row.budget += 2
-                else:
-                    row.budget = max(1, row.budget - 1)
-                if self.prompt_lookup_num_tokens is not None:
-                    row.budget = min(row.budget, self.prompt_lookup_num_tokens)
+            if self.num_assistant_tokens_schedule == "heuristic":
+                row.schedule(counts[index], accepted[index], self.prompt_lookup_num_tokens)
             for token, measurement in committed[index]:
                 texts[row_index] += row.commit(job, token, measurement)
                 token_ids[row_index] = token

@@ -1,0 +1,277 @@
+"""Mixed-strategy batches: several chains, each over its own rows of one batch, driven as one chain.
+
+    generate(prompts, strategy=[s_0, …, s_n-1]) → rows grouped by strategy → one Chain per group
+      → MixedChain: every forward pass is shared; run/choose/accept/reorder/rollback split the batch by group
+
+A search drives a :class:`MixedChain` exactly as it drives a :class:`~decoders.chain.Chain`. What it gets back
+from :meth:`MixedChain.run` is a :class:`MixedScores` (each group's scores, dense or a candidate set, kept apart
+so that every row sees exactly the numbers a single-strategy run gives it); :func:`processed_log_probs
+<decoders.searches.base.processed_log_probs>` and :meth:`MixedScores.to_dense` read it like any scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from decoders.chain import Chain, Observer, Scores, dense
+from decoders.errors import StrategyError
+from decoders.processors.base import DecodeContext, Processor
+from decoders.selectors import Selector
+
+#: the fields of a DecodeContext that hold one value per row
+PER_ROW_FIELDS = ("padding", "prompt_lengths", "generators", "live")
+
+
+@dataclass
+class MixedScores:
+    """Processed scores of a mixed batch: one part per group of rows (dense ``[b, V]`` or a candidate set).
+
+    Args:
+        parts: each group's scores, in group order.
+        rows: each group's batch rows (``[b]`` long tensors), in group order.
+        stages: when traced, each group's stages (``("model", logits)`` then one per processor).
+    """
+
+    parts: list[Scores]
+    rows: list[torch.LongTensor]
+    stages: list[list[tuple[str, Scores]]] | None = None
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``[B, V]`` processed scores of every row (each group's made dense, in batch order)."""
+        parts = [dense(part) for part in self.parts]
+        out = parts[0].new_empty((sum(len(r) for r in self.rows), parts[0].shape[-1]))
+        for rows, part in zip(self.rows, parts):
+            out[rows] = part
+        return out
+
+    def gather_rows(self, per_group: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One tensor in batch order from one tensor per group (their rows in the groups' order)."""
+        first = per_group[0]
+        out = first.new_empty((sum(len(r) for r in self.rows), *first.shape[1:]))
+        for rows, values in zip(self.rows, per_group):
+            out[rows] = values
+        return out
+
+
+class MixedContext:
+    """The batch-wide view of the groups' :class:`DecodeContext` objects that searches read and write.
+
+    Reading a per-row field (``padding``, ``prompt_lengths``, ``generators``, ``live``) assembles it in batch order;
+    setting one splits it to the groups, so a search that sets ``chain.context.live`` or ``.generators`` needs no
+    change. Shared fields (``prompt_length``, ``eos_token_ids``, ``tokenizer``) are every group's.
+    """
+
+    def __init__(self, chain: MixedChain):
+        object.__setattr__(self, "_chain", chain)
+
+    def _groups(self) -> list[tuple[Chain, list[int]]]:
+        return [(group, rows) for group, rows in zip(self._chain.chains, self._chain.group_rows) if rows]
+
+    def __getattr__(self, name: str) -> Any:
+        groups = self._groups()
+        if name not in PER_ROW_FIELDS:
+            return getattr(groups[0][0].context, name)
+        values = [getattr(chain.context, name) for chain, _ in groups]
+        if all(v is None for v in values):
+            return None
+        rows = self._chain.rows
+        if name == "live":
+            out = torch.ones(rows, dtype=torch.bool, device=self._chain.device)
+            for (chain, group), value in zip(groups, values):
+                if value is not None:
+                    out[torch.as_tensor(group, device=out.device)] = value
+            return out
+        if any(v is None for v in values):
+            return None
+        out_list: list[Any] = [None] * rows
+        for (_, group), value in zip(groups, values):
+            for row, item in zip(group, value):
+                out_list[row] = item
+        return out_list
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        for chain, group in self._groups():
+            if name not in PER_ROW_FIELDS or value is None:
+                setattr(chain.context, name, value)
+            elif isinstance(value, torch.Tensor):
+                setattr(chain.context, name, value[torch.as_tensor(group, device=value.device)])
+            else:
+                setattr(chain.context, name, [value[row] for row in group])
+
+    def generated_start(self, input_ids: torch.Tensor) -> torch.Tensor | int:
+        """As :meth:`DecodeContext.generated_start`, for the whole batch."""
+        context = DecodeContext(
+            prompt_length=self.prompt_length, padding=self.padding, prompt_lengths=self.prompt_lengths
+        )
+        return context.generated_start(input_ids)
+
+
+class MixedChain:
+    """Several chains over row groups of one batch, with the interface searches use on a :class:`Chain`.
+
+    Every method takes and returns whole-batch tensors; each group's chain sees only its own rows (the
+    :class:`DecodeContext` given to :meth:`reset` is split to the groups: padding, prompt lengths, generators,
+    live rows). Rows keep their group when a search reorders, forks or drops them.
+
+    Args:
+        chains: one chain per group.
+        groups: the batch rows of each group (every row in exactly one group).
+
+    Example:
+        >>> from decoders.processors import TopK
+        >>> from decoders.selectors import Greedy
+        >>> mixed = MixedChain([Chain([], Greedy()), Chain([TopK(1)], Greedy())], [[0, 2], [1]])
+        >>> mixed.select(torch.zeros(3, 0, dtype=torch.long), torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]))
+        tensor([1, 0, 1])
+    """
+
+    def __init__(self, chains: Sequence[Chain], groups: Sequence[Sequence[int]]):
+        if len(chains) != len(groups):
+            raise ValueError(f"got {len(chains)} chains for {len(groups)} row groups: pass one chain per group")
+        rows = sorted(row for group in groups for row in group)
+        if rows != list(range(len(rows))):
+            raise ValueError(f"the row groups must hold each row 0 … n-1 exactly once, got {list(map(list, groups))}")
+        self.chains = list(chains)
+        self.rows = len(rows)
+        self.device = torch.device("cpu")
+        self._set_groups([list(group) for group in groups])
+        self.context = MixedContext(self)
+
+    def _set_groups(self, group_rows: list[list[int]]) -> None:
+        self.group_rows = group_rows
+        self.rows = sum(map(len, group_rows))
+        self._index = [torch.as_tensor(rows, dtype=torch.long, device=self.device) for rows in group_rows]
+        #: a contiguous group is read as a slice (a view), not copied
+        self._slices = [
+            slice(rows[0], rows[-1] + 1) if rows and rows == list(range(rows[0], rows[-1] + 1)) else None
+            for rows in group_rows
+        ]
+
+    def _active(self) -> list[int]:
+        return [g for g, rows in enumerate(self.group_rows) if rows]
+
+    def _take(self, tensor: torch.Tensor, group: int) -> torch.Tensor:
+        part = self._slices[group]
+        if part is not None:
+            return tensor[part]
+        return tensor.index_select(0, self._index[group].to(tensor.device))
+
+    def _split(self, items: Sequence[Any] | None, group: int) -> list[Any] | None:
+        return None if items is None else [items[row] for row in self.group_rows[group]]
+
+    # ---- the Chain interface -----------------------------------------------------------------------------
+
+    @property
+    def processors(self) -> list[Processor]:
+        """Every group's processors (for checks that apply to all of them)."""
+        return [p for chain in self.chains for p in chain.processors]
+
+    @property
+    def selector(self) -> Selector:
+        """The selector, when every group has the same one (searches that pick tokens themselves need one)."""
+        first = self.chains[0].selector
+        if any(type(c.selector) is not type(first) or vars(c.selector) != vars(first) for c in self.chains[1:]):
+            kinds = ", ".join(sorted({c.selector.kind for c in self.chains}))
+            raise StrategyError(
+                f"the rows of this batch use different selectors ({kinds}), and this search picks tokens with one "
+                "selector for the whole batch: give every row the same selector, or split the call"
+            )
+        return first
+
+    def reset(self, context: DecodeContext | None = None) -> None:
+        """Start a new generation: each group's chain gets the context with its own rows' per-row fields."""
+        context = context or DecodeContext()
+        for group, chain in enumerate(self.chains):
+            rows = self.group_rows[group]
+            fields = {name: getattr(context, name) for name in ("prompt_length", "eos_token_ids", "tokenizer")}
+            per_row: dict[str, Any] = {}
+            for name in PER_ROW_FIELDS:
+                value = getattr(context, name)
+                if value is None:
+                    per_row[name] = None
+                elif isinstance(value, torch.Tensor):
+                    per_row[name] = value[torch.as_tensor(rows, device=value.device)]
+                else:
+                    per_row[name] = [value[row] for row in rows]
+            chain.reset(DecodeContext(**fields, **per_row))
+
+    def run(self, input_ids: torch.LongTensor, logits: torch.Tensor, observer: Observer | None = None) -> MixedScores:
+        """Run each group's chain on its rows. With an ``observer`` (tracing) it sees each group's stages in turn,
+        and the result keeps them in :attr:`MixedScores.stages`."""
+        if logits.device != self.device:
+            self.device = logits.device
+            self._set_groups(self.group_rows)
+        parts, rows, stages = [], [], [] if observer is not None else None
+        for group in self._active():
+            group_logits = self._take(logits, group)
+            group_observer = None
+            if observer is not None:
+                group_stages: list[tuple[str, Scores]] = [("model", group_logits)]
+                stages.append(group_stages)
+
+                def group_observer(index, processor, before, after, _stages=group_stages):
+                    _stages.append((processor.kind, after))
+                    observer(index, processor, before, after)
+
+            parts.append(self.chains[group].run(self._take(input_ids, group), group_logits, group_observer))
+            rows.append(self._index[group])
+        return MixedScores(parts, rows, stages)
+
+    def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        """Processed scores of every row, dense ``[B, V]``."""
+        return self.run(input_ids, logits).to_dense()
+
+    def choose(self, scores: MixedScores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+        """Each group's selector on its rows' scores: ids ``[B]``."""
+        tokens = [
+            self.chains[group].choose(part, self._split(generators, group))
+            for group, part in zip(self._active(), scores.parts)
+        ]
+        return scores.gather_rows(tokens)
+
+    def select(
+        self, input_ids: torch.LongTensor, logits: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.LongTensor:
+        """Process ``logits`` and pick one token per row: ids ``[B]``."""
+        return self.choose(self.run(input_ids, logits), generators)
+
+    def accept(self, tokens: torch.LongTensor) -> None:
+        """Tell each group's processors the tokens its rows were just given."""
+        for group in self._active():
+            self.chains[group].accept(self._take(tokens, group))
+
+    def reorder(self, rows: torch.LongTensor) -> None:
+        """Row i of the next step continues old row ``rows[i]`` (in its group): every group follows its rows."""
+        old = rows.tolist()
+        owner: dict[int, tuple[int, int]] = {}
+        for group, members in enumerate(self.group_rows):
+            for local, row in enumerate(members):
+                owner[row] = (group, local)
+        new_groups: list[list[int]] = [[] for _ in self.chains]
+        local_rows: list[list[int]] = [[] for _ in self.chains]
+        for new_row, old_row in enumerate(old):
+            group, local = owner[old_row]
+            new_groups[group].append(new_row)
+            local_rows[group].append(local)
+        for group, chain in enumerate(self.chains):
+            if local_rows[group] and local_rows[group] != list(range(len(self.group_rows[group]))):
+                chain.reorder(torch.as_tensor(local_rows[group], dtype=torch.long, device=rows.device))
+        self._set_groups(new_groups)
+
+    def rollback(self, counts: Sequence[int]) -> None:
+        """Each group's processors forget the last ``counts[i]`` tokens of its rows."""
+        for group in self._active():
+            self.chains[group].rollback(self._split(counts, group))
+
+    def require(self, methods: Sequence[str], search: str) -> None:
+        """Refuse a stateful processor, in any group, that lacks a state method ``search`` will call."""
+        for chain in self.chains:
+            chain.require(methods, search)
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"rows {rows}: {chain!r}" for rows, chain in zip(self.group_rows, self.chains))
+        return f"MixedChain({groups})"
