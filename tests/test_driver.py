@@ -118,6 +118,19 @@ def sequence_probabilities(table, first, max_new_tokens):
     return probabilities
 
 
+def chi_square_pvalue(counts, expected, draws):
+    """The chi-square p-value of observed ``counts`` against ``expected`` probabilities (of any hashable outcome).
+
+    Outcomes expected fewer than 5 times are pooled into one bin, as the test needs (left out when it is empty).
+    """
+    common = [s for s, p in expected.items() if p * draws >= 5]
+    observed = [counts[s] for s in common] + [draws - sum(counts[s] for s in common)]
+    wanted = [expected[s] * draws for s in common] + [draws * (1 - sum(expected[s] for s in common))]
+    if wanted[-1] < 1e-9:
+        observed, wanted = observed[:-1], wanted[:-1]
+    return chisquare(observed, wanted).pvalue
+
+
 class ScriptLM(torch.nn.Module):
     """A causal LM that writes ``scripts[row]`` whatever the prompt (one token per position after it).
 
@@ -213,14 +226,8 @@ def test_sequence_frequencies_match_exact_probabilities(strategy, table):
     expected = sequence_probabilities(table, A, max_new_tokens)
     assert set(counts) <= set(expected), "a sequence the truncation forbids was generated"
     assert math.isclose(sum(expected.values()), 1.0)
-    # pool the sequences expected fewer than 5 times into one bin, as the chi-square test needs
-    common = [s for s, p in expected.items() if p * draws >= 5]
-    observed = [counts[s] for s in common] + [draws - sum(counts[s] for s in common)]
-    wanted = [expected[s] * draws for s in common] + [draws * (1 - sum(expected[s] for s in common))]
-    if wanted[-1] < 1e-9:
-        observed, wanted = observed[:-1], wanted[:-1]
     # seeded, so it cannot flake; a wrong distribution gives p-values many orders of magnitude smaller
-    assert chisquare(observed, wanted).pvalue > 1e-3
+    assert chi_square_pvalue(counts, expected, draws) > 1e-3
 
 
 # ---- streaming, stopping, EOS ---------------------------------------------------------------------------
