@@ -1,8 +1,8 @@
 """Selectors: the last link of a chain, turning processed logits into one token id per row.
 
 ``sample`` draws by inverse transform in token-id order with one uniform number per row from that row's
-generator. Tokens outside a candidate set weigh exactly zero, and adding zero leaves a running sum
-unchanged, so the dense path and the candidate path pick the same token from the same draw.
+generator, over fixed-point weights whose integer sums are exact. Tokens outside a candidate set weigh exactly
+zero, so the dense path and the candidate path pick the same token from the same draw.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from decoders.processors.base import Candidates, Component
-from decoders.processors.selection import first_argmax
+from decoders.processors.selection import first_argmax, row_slices
 
 
 class Selector(Component):
@@ -92,14 +92,52 @@ def _check_generators(generators: list[torch.Generator], rows: int) -> None:
         raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
 
 
-def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Column index drawn from softmax(values) per row by inverse transform over the columns in order."""
-    weights = torch.exp(values - values.amax(dim=-1, keepdim=True))
-    cumulative = weights.cumsum(dim=-1, dtype=torch.float64)
-    total = cumulative[:, -1:].contiguous()
-    pick = torch.searchsorted(cumulative, (uniforms.unsqueeze(-1) * total).contiguous(), right=True)
-    last_positive = torch.searchsorted(cumulative, total, right=False)
-    return torch.minimum(pick, last_positive).squeeze(-1)
+#: columns per block of the two-level search in :func:`_inverse_cdf`
+DRAW_BLOCK = 64
+
+
+def fixed_point_weights(values: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``exp(x − max x)`` of each row as int64 fixed-point numbers: ``floor(w · 2^s)``, ``s = 62 − bit_length(V)``.
+
+    Integer sums are exact in any order and grouping, so a candidate set (absent tokens weigh 0) and its dense row
+    give the same running sums; ``V`` weights of at most ``2^s`` each add up to less than ``2^62``. A weight below
+    ``2^-s`` of the row's largest (``5.7e-14`` for a 152k vocabulary) counts as 0.
+    """
+    shift = 62 - max(int(vocab_size), 2).bit_length()
+    return torch.sub(values, values.amax(dim=-1, keepdim=True)).exp_().mul_(2.0**shift).to(torch.int64)
+
+
+def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """Column index drawn from softmax(values) per row by inverse transform over the columns in order.
+
+    The pick is the first column whose running sum of :func:`fixed_point_weights` exceeds ``floor(u · total)``.
+    Long rows find it in two levels (sums of blocks of :data:`DRAW_BLOCK` columns, then the chosen block), a few
+    rows at a time. ``vocab_size`` is the row length the values stand for (default: their own).
+    """
+    rows, columns = values.shape
+    slices = row_slices(rows, columns)
+    if len(slices) > 1:
+        return torch.cat([_inverse_cdf(values[at], uniforms[at], vocab_size) for at in slices])
+    weights = fixed_point_weights(values, vocab_size or columns)
+    blocks = -(-columns // DRAW_BLOCK)
+    if blocks < 8:
+        cumulative = weights.cumsum(dim=-1)
+        target = _target(cumulative[:, -1:], uniforms)
+        return torch.searchsorted(cumulative, target, right=True).squeeze(-1)
+    if columns % DRAW_BLOCK:
+        weights = torch.nn.functional.pad(weights, (0, blocks * DRAW_BLOCK - columns))
+    padded = weights.view(rows, blocks, DRAW_BLOCK)
+    block_ends = padded.sum(dim=-1).cumsum(dim=-1)
+    target = _target(block_ends[:, -1:], uniforms)
+    block = torch.searchsorted(block_ends, target, right=True)  # [B, 1]
+    before = torch.where(block > 0, block_ends.gather(1, (block - 1).clamp(min=0)), 0)
+    inside = padded.gather(1, block.unsqueeze(-1).expand(rows, 1, DRAW_BLOCK)).squeeze(1).cumsum(dim=-1)
+    return (block * DRAW_BLOCK + torch.searchsorted(inside, target - before, right=True)).squeeze(-1)
+
+
+def _target(total: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """``floor(u · total)`` per row ``[B, 1]`` (int64), below ``total``: the running sum to pass."""
+    return (uniforms.unsqueeze(-1) * total.double()).to(torch.int64).clamp(max=total - 1)
 
 
 class Sample(Selector):
@@ -124,5 +162,5 @@ class Sample(Selector):
     def select_candidates(self, candidates, generators=None):
         ids, order = torch.sort(candidates.ids, dim=-1)
         values = candidates.values.gather(1, order).float()
-        column = _inverse_cdf(values, row_uniforms(values.shape[0], generators, values.device))
+        column = _inverse_cdf(values, row_uniforms(values.shape[0], generators, values.device), candidates.vocab_size)
         return ids.gather(1, column.unsqueeze(-1)).squeeze(-1)

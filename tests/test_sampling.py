@@ -93,6 +93,28 @@ def test_sample_on_a_distribution_with_removed_and_underflowing_tokens():
     assert _p_value(counts, torch.where(probs > 1e-80, probs, 0)) > 1e-3
 
 
+@pytest.mark.parametrize("vocab", [1000, 4096, 50257])
+def test_sample_on_long_rows_is_the_exact_inverse_transform(vocab):
+    """Long rows find the draw in two levels (blocks of token ids, then a block): the pick is the first token whose
+    exact running probability passes the row's uniform draw, on the dense row and on its candidate set alike."""
+    draws = 2000
+    g = torch.Generator().manual_seed(vocab)
+    x = torch.randn(1, vocab, generator=g) * 3
+    x[torch.rand(1, vocab, generator=g) < 0.5] = NEG_INF  # half the row removed, in runs across blocks
+    x[0, -1] = x.max() + 1  # the most likely token is the last one (in a partial block when vocab % 64)
+    batch = x.expand(draws, -1).contiguous()
+    uniforms = torch.cat([torch.rand(1, dtype=torch.float64, generator=gen) for gen in generators(range(draws))])
+    running = torch.softmax(x[0].double(), dim=-1).cumsum(dim=-1)
+    expected = torch.searchsorted(running, uniforms.unsqueeze(-1) * running[-1], right=True).squeeze(-1)
+    sample = build([], "sample").selector
+    dense = sample.select(batch, generators(range(draws)))
+    kept = torch.isfinite(x[0]).nonzero().squeeze(-1)
+    candidates = Candidates(x[:, kept].expand(draws, -1), kept.expand(draws, -1), vocab)
+    assert torch.equal(dense, expected)
+    assert torch.equal(sample.select_candidates(candidates, generators(range(draws))), expected)
+    assert bool(torch.isfinite(x[0, dense]).all()) and int((dense == vocab - 1).sum()) > 0
+
+
 # ---- greedy -----------------------------------------------------------------------------------------------
 
 

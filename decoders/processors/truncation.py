@@ -15,7 +15,7 @@ from decoders.processors.selection import (
     aligned_tail_row,
     largest,
     mass_cut,
-    row_chunks,
+    row_slices,
     take_rows,
     sorted_by_key,
     sorted_values,
@@ -218,7 +218,8 @@ class TopP(ValueProcessor):
         if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
             return None
         row_max = logits.amax(dim=-1, keepdim=True)
-        mass = torch.exp(logits - row_max).sum(dim=-1).double()  # a float32 cascade sum: far inside the margin
+        # float32 cascade sums, far inside the margin; a few rows at a time (see CHUNK_VALUES)
+        mass = torch.cat([torch.exp(logits[at] - row_max[at]).sum(dim=-1) for at in row_slices(rows, vocab_size)]).double()
         kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         pending = list(range(rows))
         width = 64
@@ -266,12 +267,14 @@ class TopP(ValueProcessor):
             return logits.clone()
         if not _sort_free(logits):
             return self._process_sorting(logits)
+        return _by_row_slices(logits, self._process_slice)
+
+    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor) -> None:
         cut, unsure = self._cuts(logits)
-        processed = logits.masked_fill(logits < cut, NEG_INF)
+        torch.where(logits < cut, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
-            processed[rows] = self._process_sorting(logits[rows])
-        return processed
+            out[rows] = self._process_sorting(logits[rows])
 
     def _process_sorting(self, logits: torch.Tensor) -> torch.Tensor:
         """transformers' rule as it runs it: sort the row, cut the cumulative sum, scatter back."""
@@ -291,12 +294,12 @@ class TopP(ValueProcessor):
         sums over its sorted row decide by rounding. Those rows are cut from the rule's own float32 sums, over
         the row's values sorted without indices.
         """
-        rows, vocab_size = logits.shape
         threshold = float(torch.tensor(1 - self.top_p, dtype=torch.float32))  # the rule compares in float32
-        cut = logits.new_full((rows, 1), NEG_INF)
+        cut = logits.new_full((logits.shape[0], 1), NEG_INF)
         finite = _finite_rows(logits)
         pending = finite.clone()
-        for at in row_chunks(finite.nonzero().squeeze(-1), vocab_size) if self.min_tokens_to_keep == 1 else []:
+        if self.min_tokens_to_keep == 1 and finite.any():
+            at = finite.nonzero().squeeze(-1)
             row_logits = take_rows(logits, at)
             probs = row_logits.softmax(dim=-1)
             target = threshold * probs.sum(dim=-1).double()
@@ -307,7 +310,8 @@ class TopP(ValueProcessor):
             cut[at[clear]] = value[clear]
             pending[at[clear]] = False
         unsure = ~finite
-        for at in row_chunks(pending.nonzero().squeeze(-1), vocab_size):  # the rule's float32 sums, values sorted
+        if pending.any():  # the rule's float32 sums, over the values sorted
+            at = pending.nonzero().squeeze(-1)
             ascending = sorted_values(take_rows(logits, at))
             first_kept = self._remove_sorted(ascending).sum(dim=-1, keepdim=True)  # what is removed is a prefix
             value = ascending.gather(1, first_kept)
@@ -411,18 +415,26 @@ class TypicalP(ValueProcessor):
     def process(self, input_ids, logits):
         if self.typical_p >= 1.0:  # the cumulative mass may round below 1: keep everything explicitly
             return logits.clone()
+        if not _sort_free(logits):
+            _, distance = self._typicality(logits)
+            return logits.masked_fill(self._remove_sorting(logits, distance), NEG_INF)
+        return _by_row_slices(logits, self._process_slice)
+
+    @staticmethod
+    def _typicality(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and each token's distance ``|-log p - H|`` from the entropy, as transformers computes them."""
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         entropy = -(log_probs * probs).nansum(-1, keepdim=True)
-        distance = torch.abs(-log_probs - entropy)
-        if not _sort_free(logits):
-            return logits.masked_fill(self._remove_sorting(logits, distance), NEG_INF)
+        return probs, log_probs.neg_().sub_(entropy).abs_()
+
+    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor) -> None:
+        probs, distance = self._typicality(logits)
         cut, unsure = self._cuts(logits, probs, distance)
-        processed = logits.masked_fill(distance > cut, NEG_INF)
+        torch.where(distance > cut, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
-            processed[rows] = logits[rows].masked_fill(self._remove_sorting(logits[rows], distance[rows]), NEG_INF)
-        return processed
+            out[rows] = logits[rows].masked_fill(self._remove_sorting(logits[rows], distance[rows]), NEG_INF)
 
     def _remove_sorting(self, logits: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         """transformers' rule as it runs it: sort by distance, cut the cumulative sum, scatter back (a mask)."""
@@ -451,7 +463,8 @@ class TypicalP(ValueProcessor):
         cut = logits.new_full((rows, 1), float("inf"))
         finite = _finite_rows(logits)
         pending = finite.clone()
-        for at in row_chunks(finite.nonzero().squeeze(-1), vocab_size) if self.min_tokens_to_keep == 1 else []:
+        if self.min_tokens_to_keep == 1 and finite.any():
+            at = finite.nonzero().squeeze(-1)
             row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
             target = mass * row_probs.sum(dim=-1).double()
             low = row_distance.amin(dim=-1, keepdim=True)
@@ -461,7 +474,8 @@ class TypicalP(ValueProcessor):
             pending[at[clear]] = False
         unsure = ~finite
         keep = min(self.min_tokens_to_keep, vocab_size)
-        for at in row_chunks(pending.nonzero().squeeze(-1), vocab_size):  # the rule's float32 sums, by distance
+        if pending.any():  # the rule's float32 sums, by distance
+            at = pending.nonzero().squeeze(-1)
             sorted_distance, sorted_logits = sorted_by_key(take_rows(distance, at), take_rows(logits, at))
             cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
             last = (cumulative < self.typical_p).sum(dim=1, keepdim=True).clamp(max=vocab_size - 1)
@@ -480,6 +494,14 @@ class TypicalP(ValueProcessor):
             cut[at] = torch.maximum(value, floor)
             unsure[at[reordered | split.any(dim=-1)]] = True
         return cut, unsure
+
+
+def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
+    """``rule(rows, out)`` on a few rows at a time (see :data:`CHUNK_VALUES`), writing each slice of the result."""
+    out = torch.empty_like(logits)
+    for rows in row_slices(*logits.shape):
+        rule(logits[rows], out[rows])
+    return out
 
 
 def _keep_largest(remove: torch.Tensor, logits: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
