@@ -137,7 +137,7 @@ def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor, vocab_size: int |
 
 def _target(total: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """``floor(u · total)`` per row ``[B, 1]`` (int64), below ``total``: the running sum to pass."""
-    return (uniforms.unsqueeze(-1) * total.double()).to(torch.int64).clamp(max=total - 1)
+    return torch.minimum(uniforms.unsqueeze(-1).mul(total).to(torch.int64), total - 1)
 
 
 class Sample(Selector):
