@@ -235,15 +235,38 @@ class ModelSession:
             raise GenerationError("nothing new to run the model on: append tokens first")
         columns = torch.arange(self.length, device=self.device).unsqueeze(0)
         mask = self._mask(columns)
-        logits, states, self.cache = self._call(
-            self._ids[:, self.computed : self.length], mask, self._positions(columns, mask), self.cache,
-            keep=0 if all_logits else 1, hidden=hidden or all_hidden,
-        )  # fmt: skip
+        ids, positions = self._ids[:, self.computed : self.length], self._positions(columns, mask)
+        keep, with_states = 0 if all_logits else 1, hidden or all_hidden
+        shared = self._shared_prompts() if self.cache is None else None
+        if shared is not None:  # the model reads each distinct prompt once; its rows share the result
+            first, copies = shared
+            logits, states, cache = self._call(
+                ids[first], None if mask is None else mask[first], positions[first], None, keep=keep, hidden=with_states
+            )  # fmt: skip
+            try:
+                self.cache = select_cache(cache, copies)
+            except GenerationError:  # a cache whose rows cannot be copied: read every row's prompt instead
+                shared = None
+            else:
+                logits = logits.index_select(0, copies)
+                states = None if states is None else states.index_select(0, copies)
+        if shared is None:
+            logits, states, self.cache = self._call(ids, mask, positions, self.cache, keep=keep, hidden=with_states)
         new = self.length - self.computed
         self.computed = self.length
         if states is not None:
             states = states[:, -new:] if all_hidden or all_logits else states[:, -1]
         return ForwardOutput(logits[:, -new:].float() if all_logits else logits[:, -1].float(), states)
+
+    def _shared_prompts(self) -> tuple[torch.LongTensor, torch.LongTensor] | None:
+        """For rows that repeat an earlier row's prompt: the first row of each distinct prompt, and for every row
+        the index of its prompt among them; None when every row's prompt is its own."""
+        seen: dict[tuple[int, tuple[int, ...]], int] = {}  # (padding, columns): a pad id may also be a prompt's token
+        copies = [seen.setdefault((pad, tuple(row)), len(seen)) for pad, row in zip(self.padding, self.ids.tolist())]
+        if len(seen) == self.rows:
+            return None
+        first = [copies.index(index) for index in range(len(seen))]
+        return torch.tensor(first, device=self.device), torch.tensor(copies, device=self.device)
 
     def select(self, rows: torch.LongTensor | list[int]) -> None:
         """Keep rows ``rows`` in that order: row i continues old row ``rows[i]`` (may repeat or drop rows)."""

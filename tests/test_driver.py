@@ -192,6 +192,30 @@ def test_one_forward_pass_of_one_new_token_per_step(tiny):
     assert calls == [((3, width), 1)] + [((3, 1), 1)] * (steps - 1)
 
 
+def test_rows_with_the_same_prompt_share_one_prompt_pass(tiny):
+    """Repeated prompts (many strategies or seeds on one prompt) are read once; each row's tokens, scores and
+    log-probabilities are those of a call where every row reads its prompt itself."""
+    model, _ = tiny
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[1]]
+    strategies = ["greedy", "balanced", "high_temperature", "balanced", "top_k"]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: calls.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = decoders.generate(prompts, strategies, model=tiny, max_new_tokens=8, seed=[3, 4, 5, 6, 7], logprobs=2)
+    finally:
+        handle.remove()
+    assert calls[0][0] == 2 and all(rows == 5 for rows, _ in calls[1:])  # two distinct prompts, then every row
+    for row, result in enumerate(shared):  # each row next to the other prompt (same padding, nothing to share)
+        other = PROMPTS[1] if prompts[row] == PROMPTS[0] else PROMPTS[0]
+        alone = decoders.generate(
+            [prompts[row], other], [strategies[row], "greedy"], model=tiny, max_new_tokens=8, seed=[3 + row, 0], logprobs=2
+        )[0]  # fmt: skip
+        assert result.generated_ids == alone.generated_ids
+        assert [[(t.token_id, t.raw) for t in step.top] for step in result.logprobs] == [
+            [(t.token_id, pytest.approx(t.raw, abs=1e-5)) for t in step.top] for step in alone.logprobs
+        ]
+
+
 # ---- seeds and the sampled distribution -----------------------------------------------------------------
 
 
