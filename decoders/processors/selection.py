@@ -118,9 +118,9 @@ def mass_cut(
 
     A histogram of the weights over :data:`MASS_BUCKETS` buckets of key values between ``low`` and ``high``
     (keys outside go to the end buckets) locates the bucket holding the crossing; only that bucket's tokens are
-    gathered and sorted. The sums are exact-arithmetic estimates (float32 weights, float32 cascade and float64
-    sums), so a crossing counts as found only where the running sums before and through the group of equal keys
-    at the crossing are more than ``band`` away from ``target``.
+    gathered and sorted. The sums are exact-arithmetic estimates (float32 weights added in float64), so a crossing
+    counts as found only where the running sums before and through the group of equal keys at the crossing are
+    more than ``band`` away from ``target``.
 
     Args:
         keys: ``[B, V]`` float, no NaN.
