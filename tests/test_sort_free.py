@@ -94,6 +94,25 @@ def test_flat_rows_are_cut_without_sorting_the_vocabulary(monkeypatch):
     assert torch.isfinite(expected).sum(dim=-1).min() > 10_000  # a flat row: the nucleus is tens of thousands of tokens
 
 
+@pytest.mark.parametrize("vocab", [131075, 152064])  # ≥ 2048 blocks of 64 (the first with a short last block)
+@pytest.mark.parametrize("shape", ["zipf", "peaked"])
+def test_top_p_on_large_vocabularies_flat_or_peaked(vocab, shape, monkeypatch):
+    """Above 2048 blocks the candidate attempt first bounds the top 512 tokens' mass by the heaviest blocks (a flat
+    row gives up there, before taking any largest values); either way the kept set is transformers'."""
+    logits = zipf_rows(3, vocab, 1.1, 5)
+    if shape == "peaked":
+        logits[:, :40] += 25.0  # a nucleus of a few dozen tokens: the candidate path holds it
+    input_ids = torch.zeros(3, 1, dtype=torch.long)
+    expected = TopPLogitsWarper(0.9)(input_ids, logits)
+    widths = []
+    monkeypatch.setattr(truncation, "largest", lambda x, width, f=truncation.largest: widths.append(width) or f(x, width))
+    assert (TopP(0.9).to_candidates(input_ids, logits) is None) == (shape == "zipf")
+    assert (widths == []) == (shape == "zipf")
+    strategy = decoders.Strategy.model_validate({"processors": [{"kind": "top_p", "top_p": 0.9}], "selector": {"kind": "sample"}})
+    for use_candidates in (True, False):
+        assert torch.equal(strategy.build(use_candidates=use_candidates).process(input_ids, logits), expected)
+
+
 def test_nan_rows_still_name_the_input_on_the_sort_free_path():
     logits = zipf_rows(3, 8192, 1.1, 2)
     logits[2, 17] = float("nan")

@@ -11,6 +11,7 @@ import torch
 
 from decoders.processors.base import NEG_INF, Candidates, Processor, check_parameter, is_count, is_real
 from decoders.processors.selection import (
+    BLOCK,
     aligned_scatter,
     aligned_tail_row,
     largest,
@@ -212,14 +213,21 @@ class TopP(ValueProcessor):
         :data:`TOP_P_MARGIN` of the threshold, or has equal values on both sides of the cut, is decided by the
         dense rule itself, and so the kept set is the dense rule's. None when some row's nucleus is a large part
         of the vocabulary, or 512 tokens hold less than ``top_p - 0.1`` (the dense rule finds such wide cuts
-        without sorting: see :meth:`_cuts`).
+        without sorting: see :meth:`_cuts`); the heaviest 512 blocks of 64 columns bound what 512 tokens can hold,
+        so most such rows are known before any largest values are taken.
         """
         rows, vocab_size = logits.shape
         if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
             return None
         row_max = logits.amax(dim=-1, keepdim=True)
-        # float32 cascade sums, far inside the margin; a few rows at a time (see CHUNK_VALUES)
-        mass = torch.cat([torch.exp(logits[at] - row_max[at]).sum(dim=-1) for at in row_slices(rows, vocab_size)]).double()
+        block_mass = _block_mass(logits, row_max)
+        mass = block_mass.sum(dim=-1).double()  # float32 sums, far inside the margin
+        if block_mass.shape[-1] >= 4 * CANDIDATE_NUCLEUS:
+            # the CANDIDATE_NUCLEUS largest values lie in at most that many blocks: when even the heaviest blocks
+            # hold too little, the loop below would give up at that width, so give up before it
+            heaviest = block_mass.topk(CANDIDATE_NUCLEUS, dim=-1, sorted=False).values.sum(dim=-1).double()
+            if bool((heaviest < (self.top_p - CANDIDATE_SLACK) * mass).any()):
+                return None
         kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         pending = list(range(rows))
         width = 64
@@ -494,6 +502,21 @@ class TypicalP(ValueProcessor):
             cut[at] = torch.maximum(value, floor)
             unsure[at[reordered | split.any(dim=-1)]] = True
         return cut, unsure
+
+
+def _block_mass(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """``exp(x − max)`` summed per block of 64 columns ``[B, ⌈V / 64⌉]`` (the last block may be shorter), a few rows
+    at a time (see :data:`CHUNK_VALUES`)."""
+    rows, vocab_size = logits.shape
+    full = vocab_size // BLOCK * BLOCK
+    sums = []
+    for at in row_slices(rows, vocab_size):
+        weights = torch.sub(logits[at], row_max[at]).exp_()
+        parts = [weights[:, :full].reshape(weights.shape[0], -1, BLOCK).sum(dim=-1)]
+        if full < vocab_size:
+            parts.append(weights[:, full:].sum(dim=-1, keepdim=True))
+        sums.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
+    return torch.cat(sums)
 
 
 def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
