@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from decoders.processors.base import Candidates, Component
-from decoders.processors.selection import first_argmax, row_slices
+from decoders.processors.selection import BLOCK, first_argmax, in_blocks, row_slices
 
 
 class Selector(Component):
@@ -92,10 +92,6 @@ def _check_generators(generators: list[torch.Generator], rows: int) -> None:
         raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
 
 
-#: columns per block of the two-level search in :func:`_inverse_cdf`
-DRAW_BLOCK = 64
-
-
 def fixed_point_weights(values: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``exp(x − max x)`` of each row as int64 fixed-point numbers: ``floor(w · 2^s)``, ``s = 62 − bit_length(V)``.
 
@@ -111,7 +107,7 @@ def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor, vocab_size: int |
     """Column index drawn from softmax(values) per row by inverse transform over the columns in order.
 
     The pick is the first column whose running sum of :func:`fixed_point_weights` exceeds ``floor(u · total)``.
-    Long rows find it in two levels (sums of blocks of :data:`DRAW_BLOCK` columns, then the chosen block), a few
+    Long rows find it in two levels (sums of blocks of 64 columns, see :func:`in_blocks`, then the chosen block), a few
     rows at a time. ``vocab_size`` is the row length the values stand for (default: their own).
     """
     rows, columns = values.shape
@@ -119,20 +115,17 @@ def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor, vocab_size: int |
     if len(slices) > 1:
         return torch.cat([_inverse_cdf(values[at], uniforms[at], vocab_size) for at in slices])
     weights = fixed_point_weights(values, vocab_size or columns)
-    blocks = -(-columns // DRAW_BLOCK)
-    if blocks < 8:
+    if columns <= 7 * BLOCK:
         cumulative = weights.cumsum(dim=-1)
         target = _target(cumulative[:, -1:], uniforms)
         return torch.searchsorted(cumulative, target, right=True).squeeze(-1)
-    if columns % DRAW_BLOCK:
-        weights = torch.nn.functional.pad(weights, (0, blocks * DRAW_BLOCK - columns))
-    padded = weights.view(rows, blocks, DRAW_BLOCK)
+    padded = in_blocks(weights)
     block_ends = padded.sum(dim=-1).cumsum(dim=-1)
     target = _target(block_ends[:, -1:], uniforms)
     block = torch.searchsorted(block_ends, target, right=True)  # [B, 1]
     before = torch.where(block > 0, block_ends.gather(1, (block - 1).clamp(min=0)), 0)
-    inside = padded.gather(1, block.unsqueeze(-1).expand(rows, 1, DRAW_BLOCK)).squeeze(1).cumsum(dim=-1)
-    return (block * DRAW_BLOCK + torch.searchsorted(inside, target - before, right=True)).squeeze(-1)
+    inside = padded.gather(1, block.unsqueeze(-1).expand(rows, 1, BLOCK)).squeeze(1).cumsum(dim=-1)
+    return (block * BLOCK + torch.searchsorted(inside, target - before, right=True)).squeeze(-1)
 
 
 def _target(total: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

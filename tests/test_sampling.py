@@ -103,7 +103,7 @@ def test_sample_on_long_rows_is_the_exact_inverse_transform(vocab):
     x[torch.rand(1, vocab, generator=g) < 0.5] = NEG_INF  # half the row removed, in runs across blocks
     x[0, -1] = x.max() + 1  # the most likely token is the last one (in a partial block when vocab % 64)
     batch = x.expand(draws, -1).contiguous()
-    uniforms = torch.cat([torch.rand(1, dtype=torch.float64, generator=gen) for gen in generators(range(draws))])
+    uniforms = decoders.row_uniforms(draws, generators(range(draws)))  # each row's draw, as the selector takes it
     running = torch.softmax(x[0].double(), dim=-1).cumsum(dim=-1)
     expected = torch.searchsorted(running, uniforms.unsqueeze(-1) * running[-1], right=True).squeeze(-1)
     sample = build([], "sample").selector

@@ -43,6 +43,16 @@ def largest(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tenso
     return values, pool_ids.gather(1, where)
 
 
+def in_blocks(values: torch.Tensor) -> torch.Tensor:
+    """``[B, V]`` as ``[B, ⌈V / 64⌉, 64]`` blocks of consecutive columns, the last one padded with zeros (a view
+    when 64 divides ``V``; for sums of non-negative weights per block)."""
+    rows, columns = values.shape
+    blocks = -(-columns // BLOCK)
+    if columns % BLOCK:
+        values = torch.nn.functional.pad(values, (0, blocks * BLOCK - columns))
+    return values.view(rows, blocks, BLOCK)
+
+
 def first_argmax(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=-1)`` (the first index of the maximum) with one blocked read of each row on the CPU.
 

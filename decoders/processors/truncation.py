@@ -11,9 +11,9 @@ import torch
 
 from decoders.processors.base import NEG_INF, Candidates, Processor, check_parameter, is_count, is_real
 from decoders.processors.selection import (
-    BLOCK,
     aligned_scatter,
     aligned_tail_row,
+    in_blocks,
     largest,
     mass_cut,
     row_slices,
@@ -505,18 +505,10 @@ class TypicalP(ValueProcessor):
 
 
 def _block_mass(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
-    """``exp(x − max)`` summed per block of 64 columns ``[B, ⌈V / 64⌉]`` (the last block may be shorter), a few rows
-    at a time (see :data:`CHUNK_VALUES`)."""
-    rows, vocab_size = logits.shape
-    full = vocab_size // BLOCK * BLOCK
-    sums = []
-    for at in row_slices(rows, vocab_size):
-        weights = torch.sub(logits[at], row_max[at]).exp_()
-        parts = [weights[:, :full].reshape(weights.shape[0], -1, BLOCK).sum(dim=-1)]
-        if full < vocab_size:
-            parts.append(weights[:, full:].sum(dim=-1, keepdim=True))
-        sums.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
-    return torch.cat(sums)
+    """``exp(x − max)`` summed per block of 64 columns (:func:`in_blocks`) ``[B, ⌈V / 64⌉]``, a few rows at a time
+    (see :data:`CHUNK_VALUES`)."""
+    slices = row_slices(*logits.shape)
+    return torch.cat([in_blocks(torch.sub(logits[at], row_max[at]).exp_()).sum(dim=-1) for at in slices])
 
 
 def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
