@@ -99,30 +99,33 @@ class StochasticBeamSearch(Search):
         for step in range(job.max_new_tokens):
             if step:
                 logits = session.forward().logits
-            children_phi = phi.view(-1, 1) + chain.process(session.ids, logits).double().log_softmax(dim=-1)
-            perturbed = children_phi + row_gumbels((prompts, k * vocab), job.generators, device).double().view(
-                -1, vocab
-            )
-            children = conditioned_gumbels(gumbel.view(-1, 1), perturbed)
+            log_probs = chain.process(session.ids, logits).double().log_softmax(dim=-1)
+            perturbed = log_probs + phi.view(-1, 1)  # φ of every child
+            perturbed += row_gumbels((prompts, k * vocab), job.generators, device).view(-1, vocab)
+            # G(c) rises with G'(c) within a hypothesis, so the k + 1 best children of a prompt are among the k + 1
+            # best of each of its hypotheses: condition only those
+            width = min(k + 1, vocab)
+            top_perturbed, top_tokens = torch.topk(perturbed, width, dim=-1)
+            children = conditioned_gumbels(gumbel.view(-1, 1), top_perturbed)
             children = children.masked_fill(~torch.isfinite(gumbel.view(-1, 1)), float("-inf"))
+            children_phi = log_probs.gather(1, top_tokens) + phi.view(-1, 1)
             done = finished.view(-1)
             children[done] = float("-inf")  # a finished hypothesis is its own only child
-            children[done, pad] = gumbel.view(-1)[done]
-            children_phi[done, pad] = phi.view(-1)[done]
-            flat = children.view(prompts, k * vocab)
-            values, picks = torch.topk(flat, min(k + 1, k * vocab), dim=-1)
+            children[done, 0], top_tokens[done, 0] = gumbel.view(-1)[done], pad
+            children_phi[done, 0] = phi.view(-1)[done]
+            values, picks = torch.topk(children.view(prompts, k * width), min(k + 1, k * width), dim=-1)
             if values.shape[1] > k:
                 kappa = torch.maximum(kappa, values[:, k])  # the largest pruned value so far
             values, picks = values[:, :k].contiguous(), picks[:, :k].contiguous()
-            parents = picks // vocab
-            tokens = picks % vocab
+            parents = picks // width
+            tokens = top_tokens.view(prompts, k * width).gather(1, picks)
             was_finished = finished.gather(1, parents)
             alive = torch.isfinite(values)
             stops = ~was_finished & alive & torch.isin(tokens, eos)
             ended_by_eos = ended_by_eos.gather(1, parents) | stops
             lengths = lengths.gather(1, parents) + (~was_finished).long()
             finished = was_finished | stops | ~alive
-            phi = children_phi.view(prompts, k * vocab).gather(1, picks)
+            phi = children_phi.view(prompts, k * width).gather(1, picks)
             gumbel = values
             rows = (parents + torch.arange(prompts, device=device).unsqueeze(-1) * k).flatten()
             new_tokens = tokens.masked_fill(was_finished, pad).flatten()
