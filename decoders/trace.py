@@ -1,7 +1,7 @@
 """Step records: what each stage of the chain did to the distribution, and which token was chosen.
 
 The driver fills these when tracing is on (``generate(..., trace=True)``); rendering them is the CLI's job.
-Building a record costs a top-k, a softmax and an entropy per stage, never a sort of the vocabulary.
+Building a record costs a log-softmax, a top-k and an entropy per stage, never a sort of the vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from decoders.processors.base import Candidates
+from decoders.processors.selection import row_slices
 
 Scores = torch.Tensor | Candidates
 
@@ -162,31 +163,29 @@ def _dense_view(scores: Scores) -> tuple[torch.Tensor, torch.Tensor | None]:
     return scores, None
 
 
-def _summarise(scores: Scores, top: int) -> dict[str, list]:
-    """Top ids/probabilities, survivors and entropy of every row, as Python lists."""
+def _summarise(scores: Scores, top: int, chosen: torch.Tensor | None = None) -> dict[str, list]:
+    """Top ids/log-probabilities, survivors and entropy of every row, and the probability of its ``chosen`` token
+    (when given), as Python lists; computed a few rows at a time (see :func:`row_slices`)."""
     values, ids = _dense_view(scores)
     values = values.float()
-    log_probs = values - torch.logsumexp(values, dim=-1, keepdim=True)
-    top_log_probs, columns = torch.topk(log_probs, min(top, values.shape[-1]), dim=-1)
-    top_ids = columns if ids is None else ids.gather(1, columns)
-    return {
-        "ids": top_ids.tolist(),
-        "log_probs": top_log_probs.tolist(),
-        "survivors": torch.isfinite(values).sum(dim=-1).tolist(),
-        "entropy": torch.special.entr(log_probs.exp()).sum(dim=-1).tolist(),
-    }
-
-
-def _chosen_probabilities(scores: Scores, chosen: torch.Tensor) -> list[float]:
-    values, ids = _dense_view(scores)
-    values = values.float()
-    log_norm = torch.logsumexp(values, dim=-1)
-    if ids is None:
-        chosen_values = values.gather(1, chosen.unsqueeze(-1)).squeeze(-1)
-    else:
-        hits = ids == chosen.unsqueeze(-1)
-        chosen_values = torch.where(hits, values, float("-inf")).amax(dim=-1)
-    return (chosen_values - log_norm).exp().tolist()
+    summary: dict[str, list] = {"ids": [], "log_probs": [], "survivors": [], "entropy": [], "chosen": []}
+    for at in row_slices(*values.shape):
+        part = values[at]
+        log_probs = torch.log_softmax(part, dim=-1)
+        top_log_probs, columns = torch.topk(log_probs, min(top, part.shape[-1]), dim=-1)
+        summary["ids"] += (columns if ids is None else ids[at].gather(1, columns)).tolist()
+        summary["log_probs"] += top_log_probs.tolist()
+        summary["survivors"] += torch.isfinite(part).sum(dim=-1).tolist()
+        if chosen is not None:
+            if ids is None:
+                chosen_log_probs = log_probs.gather(1, chosen[at].unsqueeze(-1)).squeeze(-1)
+            else:
+                hits = ids[at] == chosen[at].unsqueeze(-1)
+                chosen_log_probs = torch.where(hits, log_probs, float("-inf")).amax(dim=-1)
+            summary["chosen"] += chosen_log_probs.exp().tolist()
+        # −Σ p log p; a removed token's 0 · −inf is NaN, which nansum leaves out
+        summary["entropy"] += log_probs.exp().mul_(log_probs).nansum(dim=-1).neg_().tolist()
+    return summary
 
 
 def _candidates(ids: list[int], log_probs: list[float], texts: dict[int, str]) -> list[TokenProb]:
@@ -247,9 +246,12 @@ def step_records(
         (['c', 'b'], 'c', 3)
     """
     rows = range(chosen.shape[0]) if rows is None else rows
-    summaries = [(name, _summarise(scores, top)) for name, scores in stages]
+    last = len(stages) - 1
+    summaries = [
+        (name, _summarise(scores, top, chosen if i == last else None)) for i, (name, scores) in enumerate(stages)
+    ]
     chosen_ids = chosen.tolist()
-    chosen_probs = _chosen_probabilities(stages[-1][1], chosen)
+    chosen_probs = summaries[-1][1]["chosen"]
     wanted = {chosen_ids[r] for r in rows} | {i for _, s in summaries for r in rows for i in s["ids"][r]}
     texts = {token_id: tokenizer.decode([token_id]) for token_id in wanted}
     records = []

@@ -351,6 +351,9 @@ def test_trace_records_every_stage_and_the_chosen_token(tiny):
                 probabilities = [c.probability for c in stage.top]
                 assert sum(probabilities) <= 1 + 1e-6 and probabilities == sorted(probabilities, reverse=True)
                 assert len(stage.top) == min(10, stage.survivors) and stage.entropy >= 0
+            for stage in record.stages[2:]:  # every survivor is listed: the entropy is theirs
+                entropy = -sum(c.probability * math.log(c.probability) for c in stage.top if c.probability > 0)
+                assert stage.entropy == pytest.approx(entropy, abs=1e-5)
             assert math.isclose(sum(c.probability for c in record.stages[-1].top), 1, rel_tol=1e-5)
             assert record.chosen.token_id == token and record.chosen.token == tokenizer.decode([token])
             final = {c.token_id: c.probability for c in record.stages[-1].top}
