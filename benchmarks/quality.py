@@ -327,7 +327,7 @@ def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
         token_ids = [r.generated_ids[:n] for r, n in zip(results, kept)]
         texts = [r.text for r in results]
         entropies = [metrics.mean_entropy(r.steps) if r.steps is not None else None for r in results]  # None: beams
-        # a search that records no log-probabilities (stochastic beam) is scored by a forward pass below
+        # a search that records no log-probabilities (a plugin's may not) is scored by a forward pass below
         nlls = [
             [-t.chosen.raw for t in r.logprobs[:n]] if own_scores and r.logprobs is not None else None
             for r, n in zip(results, kept)
@@ -343,7 +343,8 @@ def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
         scorer, [score_prompts[i] for i in missing], [score_continuations[i] for i in missing]
     )):  # fmt: skip
         nlls[i] = nll
-    coherences = _coherences(scorer, score_prompts[: len(prompts)], score_continuations)
+    scorer_name = config.scoring_model or units[0].model
+    coherences = _coherences(scorer, scorer_name, score_prompts[: len(prompts)], score_continuations)
     records = []
     for index, unit in enumerate(units):
         rows = []
@@ -358,10 +359,19 @@ def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
     return records
 
 
-def _coherences(scorer: Any, prompt_ids: list[list[int]], continuation_ids: list[list[int]]) -> list[float | None]:
+#: the prompts' embeddings per (scoring model, prompt ids): the calls of one batch of prompts compute them once
+_prompt_embeddings: dict[tuple[str, tuple[tuple[int, ...], ...]], torch.Tensor] = {}
+
+
+def _coherences(
+    scorer: Any, scorer_name: str, prompt_ids: list[list[int]], continuation_ids: list[list[int]]
+) -> list[float | None]:
     """The coherence of each continuation with its prompt (row ``i`` continues prompt ``i mod len(prompt_ids)``);
     None for an empty continuation."""
-    prompts = metrics.mean_pooled_embeddings(scorer, prompt_ids)
+    key = (scorer_name, tuple(map(tuple, prompt_ids)))
+    if key not in _prompt_embeddings:
+        _prompt_embeddings[key] = metrics.mean_pooled_embeddings(scorer, prompt_ids)
+    prompts = _prompt_embeddings[key]
     filled = [i for i, ids in enumerate(continuation_ids) if ids]
     values: list[float | None] = [None] * len(continuation_ids)
     if filled:

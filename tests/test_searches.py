@@ -475,6 +475,25 @@ def test_stochastic_beam_samples_sets_without_replacement_with_exact_probabiliti
     assert [r.alternatives for r in again] == [r.alternatives for r in results[:5]]  # seeded: reproducible
 
 
+def test_stochastic_beam_gives_each_sample_its_log_probabilities():
+    strategy = {"processors": [{"kind": "top_k", "top_k": 3}], "selector": {"kind": "sample"}}
+    strategy["search"] = {"kind": "stochastic_beam", "num_beams": 3}
+    table_model = (TableLM(TABLE), table_tokenizer())
+    results = decoders.generate(["a"] * 20, strategy, model=table_model, max_new_tokens=4, seed=1, logprobs=2)
+    for result in results:
+        for h in result.alternatives:
+            assert [t.chosen.token_id for t in h.logprobs] == h.generated_ids
+            previous = [A, *h.generated_ids[:-1]]
+            for step, last in zip(h.logprobs, previous):
+                token = step.chosen.token_id
+                assert step.chosen.raw == pytest.approx(math.log(TABLE[last][token]), abs=1e-5)
+                assert step.chosen.processed == pytest.approx(math.log(TABLE_TOP_K_3[last][token]), abs=1e-5)
+                best_two = sorted(range(4), key=lambda t: -TABLE[last][t])[:2]
+                assert sorted(t.token_id for t in step.top) == sorted(best_two)
+            assert sum(t.chosen.processed for t in h.logprobs) == pytest.approx(h.score, abs=1e-5)
+    assert decoders.generate("a", strategy, model=table_model, seed=1).alternatives[0].logprobs is None
+
+
 @pytest.mark.parametrize(
     "strategy, words",
     [

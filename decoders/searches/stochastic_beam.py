@@ -26,7 +26,7 @@ from decoders.chain import Chain
 from decoders.config import SearchConfig
 from decoders.errors import StrategyError
 from decoders.results import Hypothesis
-from decoders.searches.base import Outcome, Search, SearchJob, SearchRun
+from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun
 from decoders.selectors import Sample, row_gumbels
 
 
@@ -96,10 +96,14 @@ class StochasticBeamSearch(Search):
         kappa = torch.full((prompts,), float("-inf"), dtype=torch.float64, device=device)
         eos = torch.tensor(sorted(job.eos_token_ids), dtype=torch.long, device=device)
         pad = session.pad_id
+        buffer = (
+            LogprobBuffer(prompts * k, job.max_new_tokens, job.logprobs, device) if job.logprobs is not None else None
+        )
         for step in range(job.max_new_tokens):
             if step:
                 logits = session.forward().logits
-            log_probs = chain.process(session.ids, logits).double().log_softmax(dim=-1)
+            scores = chain.process(session.ids, logits)
+            log_probs = scores.double().log_softmax(dim=-1)
             perturbed = log_probs + phi.view(-1, 1)  # φ of every child
             perturbed += row_gumbels((prompts, k * vocab), job.generators, device).view(-1, vocab)
             # G(c) rises with G'(c) within a hypothesis, so the k + 1 best children of a prompt are among the k + 1
@@ -129,6 +133,9 @@ class StochasticBeamSearch(Search):
             gumbel = values
             rows = (parents + torch.arange(prompts, device=device).unsqueeze(-1) * k).flatten()
             new_tokens = tokens.masked_fill(was_finished, pad).flatten()
+            if buffer is not None:  # a hypothesis's steps after it finished lie past its length: never read
+                buffer.select(rows)
+                buffer.write(step, *LogprobBuffer.measure(logits[rows], scores[rows], new_tokens, buffer.n))
             session.select(rows)
             chain.reorder(rows)
             session.append(new_tokens)
@@ -153,6 +160,7 @@ class StochasticBeamSearch(Search):
                         score=log_p,
                         finish_reason="eos" if bool(ended_by_eos[prompt, beam]) else "length",
                         weight=math.exp(log_p) / inclusion if inclusion > 0 else None,
+                        logprobs=None if buffer is None else buffer.records(row, len(ids), job),
                     )  # fmt: skip
                 )
             outcomes.append(Outcome(hypotheses))
