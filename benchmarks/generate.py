@@ -17,12 +17,15 @@ mixed call against six single-strategy calls), ``growth`` (ms per token by lengt
 only as Hub code, which needs the network) and ``logprobs``
 (the cost of ``logprobs=5`` on balanced sampling at batch 16, in alternating pairs within one process) and
 ``speculative`` (``benchmarks/speculative.py``: prompt lookup at batch 1 on a grounded and an open-ended chat task
-against plain greedy and transformers' own prompt lookup).
+against plain greedy and transformers' own prompt lookup), and ``forward`` (the model alone: ms per decoding
+step of its forward pass by batch size, 1 to 128 rows, after a 48-token prompt — what bounds every end-to-end
+ratio above).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -39,7 +42,7 @@ STRATEGIES = {
     "beam4": {"do_sample": False, "num_beams": 4},
     "contrastive": {"do_sample": False, "penalty_alpha": 0.6, "top_k": 4},
 }
-SECTIONS = ("main", "throughput", "growth", "beam", "logprobs", "contrastive", "speculative")
+SECTIONS = ("main", "throughput", "growth", "beam", "logprobs", "contrastive", "speculative", "forward")
 #: the six presets of the mixed-batch comparison (the tutorial's, without beam search)
 MIXED_PRESETS = ("greedy", "low_temperature", "high_temperature", "top_k", "top_p", "balanced")
 #: chat prompts whose greedy answers (SmolLM2-135M-Instruct) end within 16 tokens (the first four: 8, 3, 8 and 12
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "BATCH", "STRATEGY", "TOKENS", "REPEAT"), help=argparse.SUPPRESS)
     parser.add_argument("--logprobs-worker", nargs=3, type=int, metavar=("BATCH", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
     parser.add_argument("--paired-worker", nargs=3, metavar=("CASE", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
+    parser.add_argument("--forward-worker", nargs=3, type=int, metavar=("MAX_BATCH", "CONTEXT", "STEPS"), help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per throughput case")
     parser.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
@@ -168,6 +172,9 @@ def main() -> None:
     if args.paired_worker:
         case, tokens, pairs = args.paired_worker
         print(json.dumps(paired_worker(case, int(tokens), int(pairs), args.model)))
+        return
+    if args.forward_worker:
+        print(json.dumps(forward_worker(*args.forward_worker, args.model)))
         return
     if args.quick:
         args.batch, args.new_tokens, args.growth, args.repeat, args.beam_batch = [2], 4, [4, 8], 1, 2
@@ -193,6 +200,8 @@ def main() -> None:
         report["contrastive"] = contrastive_section(args, console)
     if "speculative" in args.sections:
         report["speculative"] = speculative_section(args)
+    if "forward" in args.sections:
+        report["forward"] = forward_section(args, console)
     import torch
 
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -430,6 +439,49 @@ def throughput_section(args, console) -> list[dict]:
             f"(median of {result['pairs']} alternating pairs{same})"
         )
     return rows
+
+
+def forward_worker(max_batch: int, context: int, steps: int, model_name: str | None) -> dict:
+    """The model's own forward pass, no decoding code: median ms of one decoding step (one new token per row over a
+    KV cache of ``context`` tokens) at batch 1, 2, 4, … ``max_batch``."""
+    import torch
+
+    import decoders
+
+    model = decoders.load_model(model_name).model
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        batch = 1
+        while batch <= max_batch:
+            ids = torch.randint(100, model.config.vocab_size, (batch, context + steps + 1), generator=generator)
+            output = model(input_ids=ids[:, :context], use_cache=True)
+            times = []
+            for step in range(steps + 1):  # the first step warms up
+                cache = getattr(output, cache_name)
+                start = time.perf_counter()
+                output = model(input_ids=ids[:, context + step : context + step + 1], use_cache=True, **{cache_name: cache})
+                times.append(time.perf_counter() - start)
+            ms = statistics.median(times[1:]) * 1e3
+            rows.append({"batch": batch, "ms_per_step": ms, "ms_per_row": ms / batch})
+            batch *= 2
+    return {"context": context, "steps": steps, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def forward_section(args, console) -> list[dict]:
+    """ms per decoding step of the model's forward pass alone, by batch size, in a fresh process."""
+    from rich.table import Table
+
+    max_batch, context, steps = (2, 8, 2) if args.quick else (128, 48, 12)
+    result = in_fresh_process("--forward-worker", forward_worker, max_batch, context, steps, model_name=args.model)
+    table = Table(title=f"the model's forward pass alone: one decoding step after {context} tokens (median of {steps})")
+    for column in ("batch", "ms per step", "ms per row"):
+        table.add_column(column, justify="right")
+    for row in result["rows"]:
+        table.add_row(str(row["batch"]), f"{row['ms_per_step']:.1f}", f"{row['ms_per_row']:.2f}")
+    console.print(table)
+    return [result]
 
 
 if __name__ == "__main__":

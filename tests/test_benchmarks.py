@@ -40,6 +40,8 @@ def test_generate_benchmark_runs(tmp_path, tiny_gpt2_dir):
     assert {row["task"] for row in report["speculative"]} == {"grounded", "open_ended"}
     [logprobs] = report["logprobs"]
     assert logprobs["same_tokens"] is True and len(logprobs["on_s"]) == len(logprobs["off_s"]) == 2
+    [forward] = report["forward"]
+    assert [row["batch"] for row in forward["rows"]] == [1, 2] and all(row["ms_per_step"] > 0 for row in forward["rows"])
 
 
 def test_speculative_benchmark_runs(tmp_path, tiny_gpt2_dir):
