@@ -262,10 +262,15 @@ class ModelSession:
         """For rows that repeat an earlier row's prompt: the first row of each distinct prompt, and for every row
         the index of its prompt among them; None when every row's prompt is its own."""
         seen: dict[tuple[int, tuple[int, ...]], int] = {}  # (padding, columns): a pad id may also be a prompt's token
-        copies = [seen.setdefault((pad, tuple(row)), len(seen)) for pad, row in zip(self.padding, self.ids.tolist())]
-        if len(seen) == self.rows:
+        first: list[int] = []
+        copies: list[int] = []
+        for row, (pad, columns) in enumerate(zip(self.padding, self.ids.tolist())):
+            index = seen.setdefault((pad, tuple(columns)), len(seen))
+            if index == len(first):
+                first.append(row)
+            copies.append(index)
+        if len(first) == self.rows:
             return None
-        first = [copies.index(index) for index in range(len(seen))]
         return torch.tensor(first, device=self.device), torch.tensor(copies, device=self.device)
 
     def select(self, rows: torch.LongTensor | list[int]) -> None:

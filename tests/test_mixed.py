@@ -100,6 +100,26 @@ def test_mixed_contrastive_and_best_of_rows_equal_their_single_strategy_runs(tin
             assert mixed[row].score == single.score
 
 
+def test_speculative_rows_with_different_processors_equal_their_single_strategy_runs(tiny):
+    lookup = {"kind": "speculative", "prompt_lookup_num_tokens": 3}
+    greedy = [{"search": lookup}, {"processors": [{"kind": "repetition_penalty", "repetition_penalty": 1.3}], "search": lookup}]
+    sampled = [
+        {"processors": [{"kind": "top_k", "top_k": 5}], "selector": {"kind": "sample"}, "search": lookup},
+        {"processors": [{"kind": "temperature", "temperature": 1.5}], "selector": {"kind": "sample"}, "search": lookup},
+    ]
+    prompts = ["a b c a b c a b", PROMPTS[0]]  # the first one repeats itself: drafts get accepted
+    for strategies in (greedy, sampled):
+        mixed = decoders.generate(prompts, strategies, model=tiny, max_new_tokens=9, seed=2, logprobs=1)
+        for row, strategy in enumerate(strategies):
+            single = decoders.generate(prompts, strategy, model=tiny, max_new_tokens=9, seed=2, logprobs=1)[row]
+            assert mixed[row].generated_ids == single.generated_ids and mixed[row].score == pytest.approx(single.score)
+            # the other row drafts otherwise in the single run, so the verifying passes differ in shape: rounding only
+            raw = [t.chosen.raw for t in single.logprobs]
+            assert [t.chosen.raw for t in mixed[row].logprobs] == pytest.approx(raw, rel=1e-4)
+    with pytest.raises(StrategyError, match="different selectors .greedy, sample.* give every row the same selector"):
+        decoders.generate(prompts, [greedy[0], sampled[0]], model=tiny, max_new_tokens=2)
+
+
 def test_beam_search_rows_with_different_processors_share_a_batch(tiny):
     beam = {"kind": "beam", "num_beams": 2}
     strategies = [{"search": beam}, {"processors": [{"kind": "no_repeat_ngram", "no_repeat_ngram_size": 2}], "search": beam}]

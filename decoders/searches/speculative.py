@@ -25,11 +25,20 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from decoders.chain import Scores, dense
+from decoders.chain import Scores
 from decoders.config import SearchConfig
 from decoders.errors import DecodersError, GenerationError, StrategyError
 from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs
-from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun, processed_log_probs, step_logprobs
+from decoders.searches.base import (
+    LogprobBuffer,
+    Outcome,
+    Search,
+    SearchJob,
+    SearchRun,
+    dense_scores,
+    processed_log_probs,
+    step_logprobs,
+)
 from decoders.selectors import Greedy, Sample
 from decoders.session import ModelSession
 from decoders.trace import DraftRecord, SpeculationStats, StepRecord, step_records
@@ -401,7 +410,7 @@ class SpeculativeSearch(Search):
             logits = draft.forward().logits.to(job.session.device)
             scores = chain.run(torch.cat([history, drafts[:, :position]], dim=1), logits)
             if sampling:
-                p = torch.softmax(dense(scores).float(), dim=-1)
+                p = torch.softmax(dense_scores(scores).float(), dim=-1)
                 probs.append(p)
                 tokens = [
                     _draw(p[index], row_generators[index]) if position < limits[index] else job.session.pad_id
@@ -426,7 +435,7 @@ class SpeculativeSearch(Search):
         if not sampling:
             choice = chain.choose(scores).tolist()
         else:
-            probs = torch.softmax(dense(scores).float(), dim=-1)
+            probs = torch.softmax(dense_scores(scores).float(), dim=-1)
         tokens = drafts[:, position].tolist() if position < drafts.shape[1] else [0] * batch
         for index in range(batch):
             if stopped[index]:

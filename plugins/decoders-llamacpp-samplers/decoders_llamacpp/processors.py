@@ -112,7 +112,7 @@ class XTC(_RowRule):
 
     def apply(self, input_ids, values, ids):
         rows = values.shape[0]
-        chance = decoders.row_uniforms(rows, self.context.generators)  # drawn every step, for every row
+        chance = decoders.row_uniforms(rows, self.context.generators, values.device)  # every step, for every row
         probs = log_probs(values, ids).exp()
         finite = torch.isfinite(values)
         above = finite & (probs >= self.xtc_threshold)
