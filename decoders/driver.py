@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from decoders.chain import Chain
-from decoders.errors import GenerationError, StrategyError
+from decoders.errors import GenerationError, StrategyError, validation_message
 from decoders.mixed import MixedChain
 from decoders.processors.base import DecodeContext
 from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent
@@ -164,6 +165,8 @@ def _as_strategies(strategy: Any, rows: int) -> list[Strategy]:
             resolved.append(Strategy.resolve(spec))
         except StrategyError as exc:
             raise StrategyError(f"strategy {index}: {exc}") from None
+        except ValidationError as exc:  # a bad field: say which strategy of the list it is in
+            raise StrategyError(f"strategy {index}: {validation_message(exc)}") from None
     return resolved
 
 

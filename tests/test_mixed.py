@@ -158,6 +158,9 @@ def test_a_search_that_needs_one_selector_refuses_rows_with_different_ones(gpt2_
         decoders.generate(PROMPTS[:2], strategies, model=gpt2_pair, max_new_tokens=2)
     with pytest.raises(StrategyError, match="strategy 1: unknown preset|strategy 1: 'nope'"):
         decoders.generate(PROMPTS[:2], ["greedy", "nope"], model=gpt2_pair, max_new_tokens=2)
+    misspelt = {"search": {"kind": "speculative", "draft_modle": "distilgpt2"}}
+    with pytest.raises(StrategyError, match=r"^strategy 1: search\.speculative\.draft_modle: Extra inputs are not permitted$"):
+        decoders.generate(PROMPTS[:2], ["greedy", misspelt], model=gpt2_pair, max_new_tokens=2)
 
 
 @pytest.fixture(scope="module")
