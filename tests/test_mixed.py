@@ -102,17 +102,22 @@ def test_mixed_contrastive_and_best_of_rows_equal_their_single_strategy_runs(tin
 
 def test_speculative_rows_with_different_processors_equal_their_single_strategy_runs(tiny):
     lookup = {"kind": "speculative", "prompt_lookup_num_tokens": 3}
-    greedy = [{"search": lookup}, {"processors": [{"kind": "repetition_penalty", "repetition_penalty": 1.3}], "search": lookup}]
+    penalty = {"kind": "repetition_penalty", "repetition_penalty": 1.3}
+    greedy = [{"search": lookup}, {"processors": [penalty], "search": lookup}]
     sampled = [
         {"processors": [{"kind": "top_k", "top_k": 5}], "selector": {"kind": "sample"}, "search": lookup},
         {"processors": [{"kind": "temperature", "temperature": 1.5}], "selector": {"kind": "sample"}, "search": lookup},
     ]
     prompts = ["a b c a b c a b", PROMPTS[0]]  # the first one repeats itself: drafts get accepted
     for strategies in (greedy, sampled):
-        mixed = decoders.generate(prompts, strategies, model=tiny, max_new_tokens=9, seed=2, logprobs=1)
+        options = {"model": tiny, "max_new_tokens": 9, "seed": 2, "logprobs": 1, "trace": True}
+        mixed = decoders.generate(prompts, strategies, **options)
         for row, strategy in enumerate(strategies):
-            single = decoders.generate(prompts, strategy, model=tiny, max_new_tokens=9, seed=2, logprobs=1)[row]
+            single = decoders.generate(prompts, strategy, **options)[row]
             assert mixed[row].generated_ids == single.generated_ids and mixed[row].score == pytest.approx(single.score)
+            stages = [[stage.stage for stage in record.stages] for record in mixed[row].steps]
+            assert stages == [["model", *(p["kind"] for p in strategy.get("processors", []))]] * len(single.steps)
+            assert [r.chosen.token_id for r in mixed[row].steps] == mixed[row].generated_ids
             # the other row drafts otherwise in the single run, so the verifying passes differ in shape: rounding only
             raw = [t.chosen.raw for t in single.logprobs]
             assert [t.chosen.raw for t in mixed[row].logprobs] == pytest.approx(raw, rel=1e-4)

@@ -200,6 +200,24 @@ def step_logprobs(ids: list[int], raw: list[float], processed: list[float], job:
     return StepLogprobs(chosen=tokens[0], top=tokens[1:])
 
 
+def chain_step_records(
+    job: SearchJob, step: int, scores: Scores | MixedScores, stages: list | None, tokens: torch.Tensor, rows: list[int]
+) -> list[StepRecord]:
+    """The trace records of batch rows ``rows`` for one chain run (``row`` is the batch row): from the observer's
+    ``stages``, or, for a mixed batch, from each group's own stages (:attr:`MixedScores.stages`)."""
+    if not isinstance(scores, MixedScores):
+        return step_records(step, stages, tokens, job.tokenizer, rows=rows, top=job.top) if stages else []
+    records = []
+    wanted = set(rows)
+    for group_rows, group_stages in zip(scores.rows, scores.stages or []):
+        batch = group_rows.tolist()
+        local = [i for i, row in enumerate(batch) if row in wanted]
+        if local:
+            group = step_records(step, group_stages, tokens[group_rows], job.tokenizer, rows=local, top=job.top)
+            records += [r.model_copy(update={"row": batch[r.row]}) for r in group]
+    return records
+
+
 class RowTracker:
     """The bookkeeping of searches that give each row one token per step (single, contrastive, best-of).
 
@@ -281,7 +299,7 @@ class RowTracker:
         step_trace: list[StepRecord | None] | None = None
         if self.records is not None:
             step_trace = [None] * self.rows
-            for record in self._step_records(step, scores, stages, tokens, active):
+            for record in chain_step_records(job, step, scores, stages, tokens, active):
                 record = record.model_copy(update={"row": batch_rows[record.row]})
                 step_trace[record.row] = record
                 self.records[record.row].append(record)
@@ -311,21 +329,6 @@ class RowTracker:
             if text is not None:
                 new_texts[row] = text.take(final=self.finished[row])
         return StepEvent(step, token_ids, new_texts, list(self.finished), step_trace)
-
-    def _step_records(self, step, scores, stages, tokens, active) -> list[StepRecord]:
-        """The trace records of the batch rows ``active`` (``row`` is the batch row)."""
-        job = self.job
-        if not isinstance(scores, MixedScores):
-            return step_records(step, stages, tokens, job.tokenizer, rows=active, top=job.top) if stages else []
-        records = []
-        for rows, group_stages in zip(scores.rows, scores.stages or []):
-            batch = rows.tolist()
-            wanted = set(active)
-            local = [i for i, row in enumerate(batch) if row in wanted]
-            if local:
-                group = step_records(step, group_stages, tokens[rows], job.tokenizer, rows=local, top=job.top)
-                records += [r.model_copy(update={"row": batch[r.row]}) for r in group]
-        return records
 
     def leave(self, session: ModelSession) -> torch.LongTensor | None:
         """Drop the rows that finished at this step from the batch: the session (KV cache included), the chain

@@ -35,13 +35,14 @@ from decoders.searches.base import (
     Search,
     SearchJob,
     SearchRun,
+    chain_step_records,
     dense_scores,
     processed_log_probs,
     step_logprobs,
 )
 from decoders.selectors import Greedy, Sample
 from decoders.session import ModelSession
-from decoders.trace import DraftRecord, SpeculationStats, StepRecord, step_records
+from decoders.trace import DraftRecord, SpeculationStats, StepRecord
 
 Schedule = Literal["constant", "heuristic"]
 
@@ -476,7 +477,7 @@ class SpeculativeSearch(Search):
             chosen = processed_log_probs(scores, tokens.unsqueeze(-1)).squeeze(-1).tolist()
         records = {}
         if job.trace and stages is not None:
-            records = {r.row: r for r in step_records(0, stages, tokens, job.tokenizer, rows=takers, top=job.top)}
+            records = {r.row: r for r in chain_step_records(job, 0, scores, stages, tokens, takers)}
         return {
             index: (
                 chosen[index],
