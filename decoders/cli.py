@@ -65,7 +65,7 @@ ModelOption = Annotated[
     typer.Option("--model", "-m", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)."),
 ]
 StrategyOption = Annotated[
-    str | None, typer.Option("--strategy", "-s", help=f"A preset ({', '.join(PRESETS)}, or a plugin's) or a .json/.toml strategy file.")
+    str | None, typer.Option("--strategy", "-s", help=f"A preset ({', '.join(PRESETS)}, or a plugin's), a .json/.toml strategy file, or a strategy as JSON text.")
 ]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (row i of a batch uses seed + i).")]
 ChatOption = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")]

@@ -7,6 +7,7 @@ are whatever the plugin registry holds at validation time, built-ins and plugins
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 import warnings
@@ -166,11 +167,17 @@ class Strategy(BaseModel):
 
     @classmethod
     def resolve(cls, spec: Strategy | dict | str | Path | None) -> Strategy:
-        """Accept a Strategy, a dict, a preset name, or a path to a JSON/TOML file (None: greedy)."""
+        """Accept a Strategy, a dict, a preset name, a path to a JSON/TOML file, or a JSON object as text (None:
+        greedy)."""
         if spec is None:
             return cls.from_preset("greedy")
         if isinstance(spec, Strategy):
             return spec
+        if isinstance(spec, str) and spec.lstrip().startswith("{"):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise StrategyError(f"inline strategy {spec!r} is not valid JSON: {exc}") from None
         if isinstance(spec, dict):
             return cls.model_validate(spec)
         if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")) or Path(spec).exists():
@@ -178,7 +185,12 @@ class Strategy(BaseModel):
         presets = get_registry().presets
         if spec in presets:
             return cls.from_preset(spec)
-        raise StrategyError(f"'{spec}' is neither a preset ({', '.join(presets)}) nor a .json/.toml strategy file")
+        close = difflib.get_close_matches(str(spec), list(presets), n=1)
+        raise StrategyError(
+            f"'{spec}' is neither a preset ({', '.join(presets)}) nor a .json/.toml strategy file nor a JSON object "
+            """such as '{"processors": [{"kind": "top_k", "top_k": 40}], "selector": {"kind": "sample"}}'"""
+            + (f"; did you mean '{close[0]}'?" if close else "")
+        )
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:

@@ -52,6 +52,16 @@ def test_generate_batch_and_strategy_file(capsys, tiny_gpt2_dir, tmp_path):
     assert [r["prompt"] for r in data["results"]] == ["a", "The"]
 
 
+def test_a_strategy_may_be_given_as_json_text(capsys, tiny_gpt2_dir):
+    inline = '{"processors": [{"kind": "top_k", "top_k": 3}], "selector": {"kind": "sample"}}'
+    data = run_json(capsys, "generate", "a", "--model", str(tiny_gpt2_dir), "--strategy", inline, "--seed", "1")
+    assert data["strategy"]["processors"] == [{"kind": "top_k", "top_k": 3, "min_tokens_to_keep": 1}]
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    expected = decoders.generate("a", json.loads(inline), model=loaded, seed=1)
+    assert data["results"][0]["generated_ids"] == expected[0].generated_ids
+    assert decoders.generate("a", inline, model=loaded, seed=1)[0].generated_ids == expected[0].generated_ids
+
+
 def test_generate_streams_and_reports_on_stderr(capsys, tiny_gpt2_dir):
     code, out, err = run(capsys, "generate", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "5")
     expected = decoders.generate("The quick", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=5).text
@@ -64,7 +74,9 @@ def test_generate_streams_and_reports_on_stderr(capsys, tiny_gpt2_dir):
     [
         (("generate", ""), "empty"),
         (("generate", "hi", "--strategy", "balanced", "--temperature", "0.5"), "one of --strategy"),
-        (("generate", "hi", "--strategy", "balancd"), "preset"),
+        (("generate", "hi", "--strategy", "balancd"), "did you mean 'balanced'?"),
+        (("generate", "hi", "--strategy", '{"processors": ['), "inline strategy '{\"processors\": [' is not valid JSON"),
+        (("generate", "hi", "--strategy", '{"processors": [{"kind": "top_k", "top_k": 0}]}'), "processors.0.top_k.top_k"),
         (("generate", "hi", "--temperature", "0"), "temperature"),
         (("generate", "hi", "--max-new-tokens", "-1"), "max_new_tokens"),
         (("generate", "hi", "--model", "/no/such/folder"), "/no/such/folder"),
