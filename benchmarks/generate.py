@@ -10,8 +10,9 @@ runs all N steps in both). Peak memory is the process's peak resident size while
 
 Sections: ``main`` (batch 1 and 16, greedy and balanced, 64 tokens), ``throughput`` (in-process alternating
 pairs: greedy batch 1 and balanced batch 16 against ``model.generate``; a chat batch of 8 where 4 answers end
-within 16 tokens and 4 run to 128, EOS honoured, against ``model.generate``; and 6 presets × 8 prompts in one
-mixed call against six single-strategy calls), ``growth`` (ms per token by length),
+within 16 tokens and 4 run to 128, EOS honoured, against ``model.generate``, and the same 8 prompts 8 times (64
+rows, 32 end early); and 6 presets × 8 prompts in one mixed call against six single-strategy calls; ``--cases``
+runs some of them), ``growth`` (ms per token by length),
 ``beam`` (beam search, 4 beams, batch 4: tokens/s and whether both wrote the same hypotheses), ``contrastive``
 (contrastive search, α 0.6 and k 4, against greedy decoding, both decoders': transformers 5 ships contrastive search
 only as Hub code, which needs the network) and ``logprobs``
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--paired-worker", nargs=3, metavar=("CASE", "TOKENS", "PAIRS"), help=argparse.SUPPRESS)
     parser.add_argument("--forward-worker", nargs=3, type=int, metavar=("MAX_BATCH", "CONTEXT", "STEPS"), help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per throughput case")
+    parser.add_argument("--cases", nargs="+", choices=PAIRED_CASES, default=list(PAIRED_CASES), help="throughput cases to run")
     parser.add_argument("--model", default=None, help="model name or folder (default: the embedded SmolLM2)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -188,8 +190,10 @@ def main() -> None:
     report = {key: previous.get(key, []) for key in ("results", *SECTIONS[1:])}
     if "main" in args.sections:
         report["results"] = main_section(args, console)
-    if "throughput" in args.sections:
-        report["throughput"] = throughput_section(args, console)
+    if "throughput" in args.sections:  # the cases not run keep their last results
+        new = {row["case"]: row for row in throughput_section(args, console)}
+        kept = [row for row in report["throughput"] if row["case"] not in new and row["case"] in PAIRED_CASES]
+        report["throughput"] = sorted([*kept, *new.values()], key=lambda row: PAIRED_CASES.index(row["case"]))
     if "growth" in args.sections:
         report["growth"] = growth_section(args, console)
     if "beam" in args.sections:
@@ -334,7 +338,7 @@ def logprobs_section(args, console) -> list[dict]:
 
 
 #: the throughput cases: what each side runs (``tokens`` new tokens; the chat case's 128 is its own)
-PAIRED_CASES = ("greedy_batch1", "balanced_batch16", "chat_batch8_early_eos", "mixed_6x8")
+PAIRED_CASES = ("greedy_batch1", "balanced_batch16", "chat_batch8_early_eos", "chat_batch64_early_eos", "mixed_6x8")
 
 
 def paired_worker(case: str, new_tokens: int, pairs: int, model_name: str | None) -> dict:
@@ -381,11 +385,12 @@ def paired_worker(case: str, new_tokens: int, pairs: int, model_name: str | None
         run_a = lambda: ours(prompts, chain, new_tokens, ignore_eos=True, seed=0)  # noqa: E731
         run_b = lambda: hf_run(prompts, STRATEGIES["balanced"], new_tokens, eos=False)  # noqa: E731
         baseline, compare_tokens = "model.generate", False  # different random draws
-    elif case == "chat_batch8_early_eos":
+    elif case in ("chat_batch8_early_eos", "chat_batch64_early_eos"):
         new_tokens = 128 if new_tokens >= 16 else new_tokens  # (--quick: a smoke run)
         chat = bool(getattr(tokenizer, "chat_template", None))  # (a tiny test model has no template)
-        run_a = lambda: ours(CHAT_PROMPTS, "greedy", new_tokens, chat=chat)  # noqa: E731
-        run_b = lambda: hf_run(CHAT_PROMPTS, STRATEGIES["greedy"], new_tokens, eos=True, chat=chat)  # noqa: E731
+        prompts = CHAT_PROMPTS * (8 if case == "chat_batch64_early_eos" else 1)  # half the rows end early
+        run_a = lambda: ours(prompts, "greedy", new_tokens, chat=chat)  # noqa: E731
+        run_b = lambda: hf_run(prompts, STRATEGIES["greedy"], new_tokens, eos=True, chat=chat)  # noqa: E731
         baseline, compare_tokens = "model.generate", True
     elif case == "mixed_6x8":
         strategies = [name for name in MIXED_PRESETS for _ in PROMPTS]
@@ -428,7 +433,7 @@ def paired_worker(case: str, new_tokens: int, pairs: int, model_name: str | None
 def throughput_section(args, console) -> list[dict]:
     """Each throughput case in its own fresh process, alternating pairs inside it."""
     rows = []
-    for case in PAIRED_CASES:
+    for case in args.cases:
         tokens = args.new_tokens
         result = in_fresh_process("--paired-worker", paired_worker, case, tokens, args.pairs, model_name=args.model)
         rows.append(result)
