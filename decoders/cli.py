@@ -580,7 +580,9 @@ def compare(
     strategies: Annotated[
         list[str] | None,
         typer.Option(
-            "--strategy", "-s", help="A preset or strategy file to compare (repeatable; default: the tutorial's six and beam search)."
+            "--strategy", "-s",
+            help="A preset, strategy file or strategy as JSON text to compare (repeatable; default: the tutorial's six "
+            "and beam search).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the sampling presets.")] = 0,
@@ -593,7 +595,11 @@ def compare(
     import decoders
     from decoders.strategy import COMPARE_PRESETS
 
-    chosen = {name: Strategy.resolve(name) for name in strategies or COMPARE_PRESETS}  # all checked before loading
+    chosen = {}  # all checked before loading; a strategy given as JSON text is named by its name or its place
+    for index, spec in enumerate(strategies or COMPARE_PRESETS):
+        strategy = Strategy.resolve(spec)
+        inline = spec.lstrip().startswith("{")
+        chosen[(strategy.name or f"strategy {index + 1}") if inline else spec] = strategy
     loaded = load(model)
     by_search: dict[str, list[str]] = {}  # one mixed call per search: the strategies share its forward passes
     for name, strategy in chosen.items():

@@ -191,6 +191,16 @@ def test_compare_gives_one_continuation_per_preset(capsys, tiny_gpt2_dir):
     assert code == 0 and "balanced" in out
 
 
+def test_compare_names_strategies_given_as_json_by_their_name_or_place(capsys, tiny_gpt2_dir):
+    top_k = '{"processors": [{"kind": "top_k", "top_k": 3}], "selector": {"kind": "sample"}}'
+    named = '{"name": "mine", "processors": [{"kind": "min_p", "min_p": 0.2}], "selector": {"kind": "sample"}}'
+    args = ("compare", "The quick", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "4", "--seed", "2")
+    data = run_json(capsys, *args, "-s", "greedy", "-s", top_k, "-s", named)
+    assert [(r["strategy"], r["chain"]) for r in data["results"]] == [
+        ("greedy", "greedy"), ("strategy 2", "top_k(3) → sample"), ("mine", "min_p(0.2) → sample")
+    ]
+
+
 def test_the_console_script_runs(tiny_gpt2_dir):
     result = subprocess.run(
         ["decoders", "generate", "The", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "3", "--json"],
