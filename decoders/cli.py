@@ -19,7 +19,7 @@ from rich.table import Table
 
 from decoders.errors import DecodersError, validation_message
 from decoders.plugins import get_registry
-from decoders.builtins import PRESETS, SampleConfig
+from decoders.builtins import PRESETS, GreedyConfig, SampleConfig
 from decoders.strategy import Strategy, StrategyError
 
 app = typer.Typer(
@@ -132,8 +132,9 @@ def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = T
     """``chosen`` with the search named by --search and its parameter flags (the strategy's own search if none).
 
     Without --search, the flags say which search is meant (--num-beams: beam, --penalty-alpha: contrastive, --n:
-    best_of). When the user chose no strategy (``user_strategy`` False), a search that samples gets the sample
-    selector it needs.
+    best_of). When the user chose no strategy (``user_strategy`` False), the search gets the selector it needs: a
+    search that samples the sample selector, one that refuses the default's selector (contrastive search picks by
+    its own score) the greedy one.
     """
     given = {name: value for name, value in flags.items() if value is not None}
     if search is None and not given:
@@ -153,8 +154,13 @@ def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = T
         given["early_stopping"] = {"true": True, "false": False}.get(value, value)
     current = chosen.search.model_dump() if chosen.search.kind == search else {}
     result = Strategy.model_validate({**chosen.model_dump(exclude_none=True), "search": {**current, **given, "kind": search}})
-    if not user_strategy and result.build_search().samples:  # the default strategy is greedy
-        return result.model_copy(update={"selector": SampleConfig()})
+    if not user_strategy:
+        if result.build_search().samples:
+            return result.model_copy(update={"selector": SampleConfig()})
+        try:
+            result.build()
+        except StrategyError:
+            return result.model_copy(update={"selector": GreedyConfig()})
     return result
 
 
@@ -477,8 +483,8 @@ def explain(
          "selector": {"kind": "sample"}}
     )  # fmt: skip
     chosen = with_search(
-        Strategy.resolve(strategy) if strategy else reshape, search, num_beams=num_beams,
-        prompt_lookup_num_tokens=prompt_lookup_num_tokens, assistant_model=assistant_model,
+        Strategy.resolve(strategy) if strategy else reshape, search, user_strategy=strategy is not None,
+        num_beams=num_beams, prompt_lookup_num_tokens=prompt_lookup_num_tokens, assistant_model=assistant_model,
     )  # fmt: skip
     walk = walk_prompt(prompt, loaded, chat=chat)
     next_logits = walk.logits[:, -1, :].float()

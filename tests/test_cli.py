@@ -122,6 +122,15 @@ def test_bad_search_flags_give_one_clear_line(capsys, tiny_gpt2_dir, args, messa
     assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_explain_gives_a_search_without_a_strategy_the_selector_it_needs(capsys, tiny_gpt2_dir):
+    base = ("explain", "The cat", "--model", str(tiny_gpt2_dir), "--steps", "2")
+    contrastive = run_json(capsys, *base, "--search", "contrastive")["strategy"]
+    assert (contrastive["selector"]["kind"], contrastive["search"]["kind"]) == ("greedy", "contrastive")
+    assert run_json(capsys, *base, "--search", "stochastic_beam")["strategy"]["selector"]["kind"] == "sample"
+    code, _, err = run(capsys, *base, "--search", "contrastive", "--strategy", "pure_sampling")
+    assert code == 2 and "use the 'greedy' selector" in err  # a strategy the user chose is not changed
+
+
 def test_explain_shows_the_beams_at_each_step(capsys, tiny_gpt2_dir):
     args = ("explain", "The quick", "--model", str(tiny_gpt2_dir), "--steps", "3", "--search", "beam", "--num-beams", "3")
     data = run_json(capsys, *args)
