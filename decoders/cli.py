@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from decoders.errors import DecodersError, validation_message
+from decoders.errors import DecodersError, GenerationError, validation_message
 from decoders.plugins import get_registry
 from decoders.builtins import PRESETS, GreedyConfig, SampleConfig
 from decoders.strategy import Strategy, StrategyError
@@ -215,7 +215,10 @@ def flags_strategy(strategy: str | None, model_defaults: bool, loaded, **flags: 
 
 @app.command()
 def generate(
-    prompts: Annotated[list[str], typer.Argument(help="One or more prompts (a batch).", show_default=False, metavar="PROMPT")],
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="One or more prompts (a batch); none: one read from standard input.", show_default=False, metavar="PROMPT"),
+    ] = None,
     model: ModelOption = None,
     strategy: StrategyOption = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
@@ -266,6 +269,14 @@ def generate(
 ) -> None:
     """Generate a continuation of each prompt with a decoding strategy."""
     import decoders
+
+    if not prompts:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise GenerationError(
+                'give a prompt: decoders generate "Once upon a time", or pipe one in: echo "Once upon a time" | '
+                "decoders generate"
+            )
+        prompts = [sys.stdin.read().removesuffix("\n")]
 
     flags = dict(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,

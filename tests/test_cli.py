@@ -1,6 +1,7 @@
 """The command line, used as a person would: through ``decoders`` (in-process ``main`` and the real entry point)."""
 
 import importlib.metadata
+import io
 import importlib.util
 import json
 import os
@@ -60,6 +61,22 @@ def test_a_strategy_may_be_given_as_json_text(capsys, tiny_gpt2_dir):
     expected = decoders.generate("a", json.loads(inline), model=loaded, seed=1)
     assert data["results"][0]["generated_ids"] == expected[0].generated_ids
     assert decoders.generate("a", inline, model=loaded, seed=1)[0].generated_ids == expected[0].generated_ids
+
+
+def test_a_prompt_may_come_from_standard_input(capsys, tiny_gpt2_dir, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("line one\nline two\n"))
+    data = run_json(capsys, "generate", "--model", str(tiny_gpt2_dir), "--max-new-tokens", "3")
+    assert [r["prompt"] for r in data["results"]] == ["line one\nline two"]  # one prompt, its last newline dropped
+    expected = decoders.generate("line one\nline two", model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=3)
+    assert data["results"][0]["generated_ids"] == expected.generated_ids
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    code, _, err = run(capsys, "generate", "--model", str(tiny_gpt2_dir))
+    assert code == 2 and "give a prompt" in err and "| decoders generate" in err
 
 
 def test_generate_streams_and_reports_on_stderr(capsys, tiny_gpt2_dir):
