@@ -63,6 +63,11 @@ def _resolve_model(model: Any) -> Any:
 
         return load_model(None if model is None else str(model))
     if isinstance(model, tuple) and len(model) == 2:
+        if not callable(model[0]) or not hasattr(model[1], "decode"):
+            raise GenerationError(
+                "a (model, tokenizer) tuple needs a causal LM first and its tokenizer second; got "
+                f"({type(model[0]).__name__}, {type(model[1]).__name__})"
+            )
         return _ModelPair(
             model[0],
             model[1],
@@ -106,6 +111,8 @@ def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 
 def _as_stops(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is not None and not isinstance(stop, str | Sequence):
+        raise GenerationError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not isinstance(s, str) or not s for s in stops):
         raise GenerationError(f"stop strings must be non-empty strings, got {stops!r}: remove the empty ones")

@@ -180,6 +180,11 @@ class Strategy(BaseModel):
                 raise StrategyError(f"inline strategy {spec!r} is not valid JSON: {exc}") from None
         if isinstance(spec, dict):
             return cls.model_validate(spec)
+        if not isinstance(spec, str | Path):
+            raise StrategyError(
+                "a strategy is a preset name, a .json/.toml file, JSON text, a dict or a Strategy; got "
+                f"{type(spec).__name__}"
+            )
         if isinstance(spec, Path) or str(spec).lower().endswith((".json", ".toml")) or Path(spec).exists():
             return cls.load(spec)
         presets = get_registry().presets

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 import decoders
-from decoders import GenerationError
+from decoders import GenerationError, StrategyError
 from tests.tiny_models import make_tokenizer
 
 PROMPTS = ["The quick brown fox jumps", "Once", "Decoding strategies choose"]
@@ -411,6 +411,7 @@ def test_chat_applies_the_template(gpt2):
         ("Once", {"max_new_tokens": -1}, r"max_new_tokens must be .*≥ 0, got -1"),
         (["a", "b", "c"], {"seed": [1, 2]}, r"2 seeds for 3 prompts.*one seed per prompt"),
         ("Once", {"stop": ["", "x"]}, r"stop strings must be non-empty"),
+        ("Once", {"stop": 5}, r"stop must be a string or a list of strings, got int"),
         ("Once", {"chat": True}, r"chat template"),
         ("Once", {"seed": 2**64}, r"seed must be from 0 to 2\*\*64 - 1"),
         ("Once", {"seed": "abc"}, r"seed must be a whole number or a list of them, got 'abc'"),
@@ -437,6 +438,10 @@ def test_whitespace_is_a_prompt_and_max_new_tokens_may_fill_the_context(gpt2):
 def test_bad_models_are_clear_errors():
     with pytest.raises(GenerationError, match="model must be"):
         decoders.generate("a", model=42)
+    with pytest.raises(GenerationError, match=r"needs a causal LM first and its tokenizer second; got \(str, int\)"):
+        decoders.generate("a", model=("gpt2", 2))
+    with pytest.raises(StrategyError, match="a strategy is a preset name, .* got int"):
+        decoders.generate("a", 5, model=(TableLM(TABLE), table_tokenizer()))
 
     class NoCache(TableLM):
         def forward(self, input_ids, **kwargs):
