@@ -26,7 +26,6 @@ ratio above).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import statistics
@@ -452,21 +451,21 @@ def forward_worker(max_batch: int, context: int, steps: int, model_name: str | N
     import torch
 
     import decoders
+    from decoders.session import _ModelCall
 
     model = decoders.load_model(model_name).model
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    call = _ModelCall(model)  # the model called with the keyword names its forward takes (KV cache, logits kept)
     generator = torch.Generator().manual_seed(0)
     rows = []
     with torch.inference_mode():
         batch = 1
         while batch <= max_batch:
             ids = torch.randint(100, model.config.vocab_size, (batch, context + steps + 1), generator=generator)
-            output = model(input_ids=ids[:, :context], use_cache=True)
+            _, _, cache = call(ids[:, :context], None, None, None, keep=1, hidden=False)
             times = []
             for step in range(steps + 1):  # the first step warms up
-                cache = getattr(output, cache_name)
                 start = time.perf_counter()
-                output = model(input_ids=ids[:, context + step : context + step + 1], use_cache=True, **{cache_name: cache})
+                _, _, cache = call(ids[:, context + step : context + step + 1], None, None, cache, keep=1, hidden=False)
                 times.append(time.perf_counter() - start)
             ms = statistics.median(times[1:]) * 1e3
             rows.append({"batch": batch, "ms_per_step": ms, "ms_per_row": ms / batch})

@@ -20,7 +20,7 @@ from rich.table import Table
 from decoders.errors import DecodersError, GenerationError, validation_message
 from decoders.plugins import get_registry
 from decoders.builtins import PRESETS, GreedyConfig, SampleConfig
-from decoders.strategy import Strategy, StrategyError
+from decoders.strategy import Strategy, StrategyError, is_json_text
 
 app = typer.Typer(
     name="decoders",
@@ -615,8 +615,7 @@ def compare(
     chosen = {}  # all checked before loading; a strategy given as JSON text is named by its name or its place
     for index, spec in enumerate(strategies or COMPARE_PRESETS):
         strategy = Strategy.resolve(spec)
-        inline = spec.lstrip().startswith("{")
-        chosen[(strategy.name or f"strategy {index + 1}") if inline else spec] = strategy
+        chosen[(strategy.name or f"strategy {index + 1}") if is_json_text(spec) else spec] = strategy
     loaded = load(model)
     by_search: dict[str, list[str]] = {}  # one mixed call per search: the strategies share its forward passes
     for name, strategy in chosen.items():

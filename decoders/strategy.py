@@ -49,6 +49,11 @@ def _describe_config(config: Any) -> str:
     return f"{config.kind}({', '.join(values)})" if values else config.kind
 
 
+def is_json_text(spec: object) -> bool:
+    """Whether a strategy spec is a JSON object written out as text (what :meth:`Strategy.resolve` parses as JSON)."""
+    return isinstance(spec, str) and spec.lstrip().startswith("{")
+
+
 class Strategy(BaseModel):
     """An ordered chain of processor configs, one selector config and one search config.
 
@@ -173,7 +178,7 @@ class Strategy(BaseModel):
             return cls.from_preset("greedy")
         if isinstance(spec, Strategy):
             return spec
-        if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        if is_json_text(spec):
             try:
                 spec = json.loads(spec)
             except json.JSONDecodeError as exc:
