@@ -4,6 +4,10 @@ The rows are long enough for the sort-free cuts to run (V ≥ FAST_VOCAB on the 
 (Zipf) and peaked language-model rows, with ties (values on a coarse grid) and -inf entries drawn by hypothesis.
 """
 
+import multiprocessing
+import sys
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,6 +15,7 @@ from hypothesis import strategies as st
 from transformers.generation.logits_process import TopPLogitsWarper, TypicalLogitsWarper
 
 import decoders
+import decoders.processors.selection as selection
 import decoders.processors.truncation as truncation
 from decoders.processors import TopP, TypicalP
 
@@ -119,3 +124,50 @@ def test_nan_rows_still_name_the_input_on_the_sort_free_path():
     chain = decoders.Strategy.model_validate({"processors": [{"kind": "top_p", "top_p": 0.9}], "selector": {"kind": "sample"}}).build()
     with pytest.raises(decoders.NonFiniteLogitsError, match="given to processor #1 'top_p' contain NaN in batch row 2"):
         chain.select(torch.zeros(3, 1, dtype=torch.long), logits)
+
+
+@pytest.mark.parametrize("shape", ["zipf", "peaked"])
+def test_typical_p_sends_flat_rows_straight_to_the_sorted_sums(shape, monkeypatch):
+    """A flat row's cut lies among tokens far lighter than the histogram search's band, so the search is skipped
+    and the row is cut from its sorted sums; a peaked row is cut by the search, without sorting. Either way the
+    kept set is transformers'."""
+    logits = zipf_rows(4, 50257, 1.1, 3)
+    if shape == "peaked":
+        logits[:, 0] = 14.0  # one token holds ~98% of the mass: it is the cut
+    input_ids = torch.zeros(4, 1, dtype=torch.long)
+    expected = TypicalLogitsWarper(0.9)(input_ids, logits)
+    searched, sorted_rows = [], []
+    monkeypatch.setattr(truncation, "mass_cut", lambda keys, *a, f=truncation.mass_cut: searched.append(len(keys)) or f(keys, *a))
+    monkeypatch.setattr(truncation, "sorted_by_key", lambda keys, *a, f=truncation.sorted_by_key: sorted_rows.append(len(keys)) or f(keys, *a))
+    assert torch.equal(TypicalP(0.9).process(input_ids, logits), expected)
+    assert (sum(searched), sum(sorted_rows)) == ((0, 4) if shape == "zipf" else (4, 0))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_rows_sorted_on_several_threads_equal_numpy_sort(threads, rows):
+    generator = torch.Generator().manual_seed(rows)
+    values = torch.randint(-(2**62), 2**62, (rows, 10_001), generator=generator).numpy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        in_place = values.copy()
+        selection.sort_rows_in_place(in_place)
+    finally:
+        torch.set_num_threads(before)
+    assert (in_place == np.sort(values, axis=-1)).all()
+
+
+def _sorted_in_child(values: np.ndarray) -> np.ndarray:
+    selection.sort_rows_in_place(values)
+    return values
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_forked_child_sorts_rows_after_its_parent_did():
+    """The sort threads belong to the process that started them: a forked child (a multiprocessing pool worker)
+    starts its own instead of waiting forever on its parent's."""
+    values = np.random.default_rng(0).integers(0, 1000, (4, 10_000))
+    selection.sort_rows_in_place(values.copy())  # the parent's threads exist now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert (pool.apply_async(_sorted_in_child, (values.copy(),)).get(timeout=60) == np.sort(values, axis=-1)).all()

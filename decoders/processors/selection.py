@@ -12,6 +12,12 @@ cumulative sum, bit-for-bit unchanged. The tests compare both paths on random ro
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -115,46 +121,100 @@ def aligned_scatter(values: torch.Tensor, ids: torch.Tensor, vocab_size: int) ->
 #: buckets per row of the histogram :func:`mass_cut` locates the cut with
 MASS_BUCKETS = 2048
 #: values per group of rows in :func:`row_slices` (4 MB of float32). A temporary of many
-#: megabytes is mapped fresh from the system on every call and costs a page fault per 4 kB on first touch; chunk
-#: temporaries are reused from the heap (measured on a 64 × 152k step: 40 ms less per full-size temporary)
+#: megabytes is mapped fresh from the system on every call and costs a page fault per 4 kB on first touch (measured
+#: on a 64 × 152k step: 40 ms per full-size temporary); a slice's temporaries come from a :class:`Scratch`
 CHUNK_VALUES = 1 << 20
 
 
+class Scratch:
+    """Buffers reused from one slice of rows to the next (see :func:`row_slices`) within one call.
+
+    A temporary of a few megabytes that the allocator returns to the system when freed costs a page fault per
+    4 kB each time it is made again (about 2 µs each here: ~15 ms per 8 MB); taking it from here instead costs
+    that once per call. A buffer lives as long as this object, so nothing taken from it may outlive the slice.
+
+    Example:
+        >>> scratch = Scratch()
+        >>> a = scratch.take("probs", (2, 3), torch.float32)
+        >>> scratch.take("probs", (1, 3), torch.float32).data_ptr() == a.data_ptr()
+        True
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape``, the same memory as the last one taken under ``name``."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != torch.device(device):
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+
+@functools.cache
+def _sort_pool(workers: int, process_id: int) -> ThreadPoolExecutor:
+    """Threads for :func:`sort_rows_in_place`, one pool per process (a forked child does not inherit threads)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoders-sort")
+
+
+def sort_rows_in_place(array: np.ndarray) -> None:
+    """Sort each row of a 2-D NumPy array in place, rows split over torch's intra-op threads (NumPy's sort
+    releases the GIL; it runs on one core otherwise)."""
+    workers = min(torch.get_num_threads(), len(array))
+    if workers < 2:
+        array.sort(axis=-1)
+        return
+    bounds = np.linspace(0, len(array), workers + 1).astype(int)
+    list(_sort_pool(workers, os.getpid()).map(lambda start, stop: array[start:stop].sort(axis=-1), bounds[:-1], bounds[1:]))
+
+
 def mass_cut(
-    keys: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, band: torch.Tensor, low: torch.Tensor,
-    high: torch.Tensor,
+    keys: torch.Tensor, weights: torch.Tensor, share: float, band: float, low: torch.Tensor, high: torch.Tensor,
+    scratch: Scratch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where each row's weight, summed in ascending order of ``keys``, reaches ``target`` — without sorting the row.
+    """Where each row's weight, summed in ascending order of ``keys``, reaches ``share`` of the row's total weight
+    (the target) — without sorting the row.
 
     A histogram of the weights over :data:`MASS_BUCKETS` buckets of key values between ``low`` and ``high``
     (keys outside go to the end buckets) locates the bucket holding the crossing; only that bucket's tokens are
     gathered and sorted. The sums are exact-arithmetic estimates (float32 weights added in float64), so a crossing
     counts as found only where the running sums before and through the group of equal keys at the crossing are
-    more than ``band`` away from ``target``.
+    more than ``band`` of the target away from it.
 
     Args:
         keys: ``[B, V]`` float, no NaN.
-        weights: ``[B, V]`` non-negative float.
-        target: ``[B]`` float64 weight to reach.
-        band: ``[B]`` float64 distance from ``target`` that the sums must keep.
+        weights: ``[B, V]`` non-negative float (float64 is used as it is, others are copied to float64).
+        share: the fraction of each row's total weight to reach.
+        band: the distance from the target that the sums must keep, as a fraction of the target.
         low, high: ``[B, 1]`` the key range the buckets span.
+        scratch: where the ``[B, V]`` temporaries come from (default: fresh ones).
 
     Returns:
-        ``value``: ``[B, 1]`` the key of the group of equal keys in which the running sum reaches ``target``;
+        ``value``: ``[B, 1]`` the key of the group of equal keys in which the running sum reaches the target;
         ``found``: ``[B]`` bool, whether that is certain (rows where it is not have an arbitrary ``value``);
         ``size``: ``[B]`` how many tokens share that key.
     """
     rows, vocab_size = keys.shape
+    scratch = scratch or Scratch()
+    take = lambda name, dtype: scratch.take(f"mass_cut.{name}", keys.shape, dtype, keys.device)  # noqa: E731
     scale = MASS_BUCKETS / (high - low).clamp(min=1e-30)  # finite even when every key is equal
-    bucket = torch.sub(keys, low).mul_(scale).clamp_(0, MASS_BUCKETS - 1).to(torch.int64)
-    # float64 buckets: each adds float32 weights one by one in float64, far more precisely than any band
-    histogram = keys.new_zeros(rows, MASS_BUCKETS, dtype=torch.float64).scatter_add_(1, bucket, weights.double())
+    # (keys - low) · scale in one pass; rounded otherwise than in two, but as monotone in the key
+    position = torch.addcmul(-low * scale, keys, scale, out=take("position", keys.dtype)).clamp_(0, MASS_BUCKETS - 1)
+    bucket = take("bucket", torch.int64).copy_(position)  # truncates, as .to(torch.int64)
+    if weights.dtype != torch.float64:
+        weights = take("weights", torch.float64).copy_(weights)
+    # float64 buckets: each adds weights one by one in float64, far more precisely than any band
+    histogram = keys.new_zeros(rows, MASS_BUCKETS, dtype=torch.float64).scatter_add_(1, bucket, weights)
     running = histogram.cumsum(dim=-1)
+    target = share * running[:, -1]  # the row's total weight, from its buckets
+    band = band * target
     crossing = (running < target.unsqueeze(-1)).sum(dim=-1, keepdim=True).clamp(max=MASS_BUCKETS - 1)
     # a crossing group lighter than twice the band cannot be clear of it: gather nothing for such rows
     possible = histogram.gather(1, crossing) > band.unsqueeze(-1) * 1.5
     below = torch.where(crossing > 0, running.gather(1, (crossing - 1).clamp(min=0)), 0).squeeze(-1)  # buckets before
-    row, column = (bucket == crossing.masked_fill(~possible, -1)).nonzero(as_tuple=True)
+    in_crossing = torch.eq(bucket, crossing.masked_fill(~possible, -1), out=take("in_crossing", torch.bool))
+    row, column = in_crossing.nonzero(as_tuple=True)
     counts = torch.bincount(row, minlength=rows)
     width = max(int(counts.max()) if rows else 0, 1)
     place = torch.arange(row.numel(), device=keys.device) - (counts.cumsum(0) - counts)[row]
@@ -173,7 +233,9 @@ def mass_cut(
 
 def sorted_values(values: torch.Tensor) -> torch.Tensor:
     """Each row of a CPU tensor sorted ascending, values only (NumPy's vectorised sort: no index permutation)."""
-    return torch.from_numpy(np.sort(values.numpy(), axis=-1))
+    ascending = values.numpy().copy()
+    sort_rows_in_place(ascending)
+    return torch.from_numpy(ascending)
 
 
 def row_slices(rows: int, vocab_size: int) -> list[slice]:
@@ -190,16 +252,20 @@ def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tensor[rows]
 
 
-def sorted_by_key(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_by_key(
+    keys: torch.Tensor, values: torch.Tensor, scratch: Scratch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's ``values`` in ascending order of its non-negative float32 ``keys`` (CPU), with the sorted keys.
 
     Sorts one int64 per token (the key's bits above the value's), so no index permutation is built; among equal
-    keys the values come in the order of their bits.
+    keys the values come in the order of their bits. Both results are strided views of the sorted words (taken
+    from ``scratch`` when given).
     """
-    packed = keys.numpy().view(np.uint32).astype(np.int64)
-    packed <<= 32
-    packed |= values.numpy().view(np.uint32)
-    packed.sort(axis=-1)
-    sorted_vals = packed.astype(np.uint32).view(np.float32)  # the low 32 bits
-    packed >>= 32
-    return torch.from_numpy(packed.astype(np.uint32).view(np.float32)), torch.from_numpy(sorted_vals)
+    packed = (scratch or Scratch()).take("sorted_by_key.packed", tuple(keys.shape), torch.int64).numpy()
+    words = packed.view(np.uint32)  # two per token, the low one first on a little-endian machine
+    high, low = (slice(1, None, 2), slice(0, None, 2)) if sys.byteorder == "little" else (slice(0, None, 2), slice(1, None, 2))
+    words[:, high] = keys.numpy().view(np.uint32)
+    words[:, low] = values.numpy().view(np.uint32)
+    sort_rows_in_place(packed)
+    halves = packed.view(np.float32)
+    return torch.from_numpy(halves[:, high]), torch.from_numpy(halves[:, low])

@@ -7,10 +7,14 @@ unchanged on a candidate set.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from decoders.processors.base import NEG_INF, Candidates, Processor, check_parameter, is_count, is_real
 from decoders.processors.selection import (
+    Scratch,
     aligned_scatter,
     aligned_tail_row,
     in_blocks,
@@ -277,9 +281,10 @@ class TopP(ValueProcessor):
             return self._process_sorting(logits)
         return _by_row_slices(logits, self._process_slice)
 
-    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor) -> None:
-        cut, unsure = self._cuts(logits)
-        torch.where(logits < cut, logits.new_tensor(NEG_INF), logits, out=out)
+    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
+        cut, unsure = self._cuts(logits, scratch)
+        below = torch.lt(logits, cut, out=scratch.take("top_p.below", tuple(logits.shape), torch.bool))
+        torch.where(below, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
             out[rows] = self._process_sorting(logits[rows])
@@ -291,7 +296,7 @@ class TopP(ValueProcessor):
         remove = remove_sorted.scatter(1, order, remove_sorted)
         return logits.masked_fill(remove, NEG_INF)
 
-    def _cuts(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cuts(self, logits: torch.Tensor, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, the smallest kept value ``[B, 1]``, found without an argsort; and the rows ``[B]`` only the
         sorting rule can decide (NaN/+inf, or equal values on both sides of the cut: which of them go is the sort's
         order).
@@ -304,16 +309,18 @@ class TopP(ValueProcessor):
         """
         threshold = float(torch.tensor(1 - self.top_p, dtype=torch.float32))  # the rule compares in float32
         cut = logits.new_full((logits.shape[0], 1), NEG_INF)
-        finite = _finite_rows(logits)
+        minima, maxima = torch.aminmax(logits, dim=-1, keepdim=True)
+        finite = torch.isfinite(maxima).squeeze(-1)  # no NaN or +inf, some finite value (as _finite_rows)
         pending = finite.clone()
         if self.min_tokens_to_keep == 1 and finite.any():
             at = finite.nonzero().squeeze(-1)
-            row_logits = take_rows(logits, at)
-            probs = row_logits.softmax(dim=-1)
-            target = threshold * probs.sum(dim=-1).double()
-            row_max = row_logits.amax(dim=-1, keepdim=True)
-            low = torch.maximum(row_logits.amin(dim=-1, keepdim=True), row_max - UNDERFLOW)
-            value, found, size = mass_cut(row_logits, probs, target, TOP_P_BAND * target, low, row_max)
+            row_logits, row_max = take_rows(logits, at), take_rows(maxima, at)
+            # exp(x - max) as the rule's softmax computes it, then in float64: the probabilities up to one factor
+            shape = tuple(row_logits.shape)
+            exponentials = torch.sub(row_logits, row_max, out=scratch.take("top_p.exp", shape, logits.dtype)).exp_()
+            weights = scratch.take("top_p.weights", shape, torch.float64).copy_(exponentials)
+            low = torch.maximum(take_rows(minima, at), row_max - UNDERFLOW)
+            value, found, size = mass_cut(row_logits, weights, threshold, TOP_P_BAND, low, row_max, scratch)
             clear = found & (size == 1)
             cut[at[clear]] = value[clear]
             pending[at[clear]] = False
@@ -424,22 +431,25 @@ class TypicalP(ValueProcessor):
         if self.typical_p >= 1.0:  # the cumulative mass may round below 1: keep everything explicitly
             return logits.clone()
         if not _sort_free(logits):
-            _, distance = self._typicality(logits)
+            _, distance, _ = self._typicality(logits, Scratch())
             return logits.masked_fill(self._remove_sorting(logits, distance), NEG_INF)
         return _by_row_slices(logits, self._process_slice)
 
     @staticmethod
-    def _typicality(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and each token's distance ``|-log p - H|`` from the entropy, as transformers computes them."""
-        log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
-        probs = log_probs.exp()
-        entropy = -(log_probs * probs).nansum(-1, keepdim=True)
-        return probs, log_probs.neg_().sub_(entropy).abs_()
+    def _typicality(logits: torch.Tensor, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Probabilities, each token's distance ``|-log p - H|`` from the entropy and the entropy ``H`` ``[B, 1]``,
+        as transformers computes them."""
+        take = lambda name: scratch.take(f"typical.{name}", tuple(logits.shape), logits.dtype, logits.device)  # noqa: E731
+        log_probs = torch.log_softmax(logits, dim=-1, out=take("log_probs"))
+        probs = torch.exp(log_probs, out=take("probs"))
+        entropy = -torch.mul(log_probs, probs, out=take("product")).nansum(-1, keepdim=True)
+        return probs, log_probs.neg_().sub_(entropy).abs_(), entropy
 
-    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor) -> None:
-        probs, distance = self._typicality(logits)
-        cut, unsure = self._cuts(logits, probs, distance)
-        torch.where(distance > cut, logits.new_tensor(NEG_INF), logits, out=out)
+    def _process_slice(self, logits: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
+        probs, distance, entropy = self._typicality(logits, scratch)
+        cut, unsure = self._cuts(logits, probs, distance, entropy, scratch)
+        beyond = torch.gt(distance, cut, out=scratch.take("typical.beyond", tuple(logits.shape), torch.bool))
+        torch.where(beyond, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
             out[rows] = logits[rows].masked_fill(self._remove_sorting(logits[rows], distance[rows]), NEG_INF)
@@ -453,7 +463,9 @@ class TypicalP(ValueProcessor):
         remove_sorted[..., : self.min_tokens_to_keep] = False
         return remove_sorted.scatter(1, order, remove_sorted)
 
-    def _cuts(self, logits: torch.Tensor, probs: torch.Tensor, distance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cuts(
+        self, logits: torch.Tensor, probs: torch.Tensor, distance: torch.Tensor, entropy: torch.Tensor, scratch: Scratch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, the largest kept distance ``[B, 1]``, found without an argsort; and the rows ``[B]`` only the
         sorting rule can decide.
 
@@ -461,7 +473,8 @@ class TypicalP(ValueProcessor):
         order of distance, reaches ``typical_p``; equal distances share that fate, so only the group of equal
         distances where the mass is reached matters. A histogram threshold search (:func:`mass_cut`) finds it in
         exact arithmetic unless the mass before or through that group lies within :data:`TYPICAL_BAND` of
-        ``typical_p``; those rows are cut from the rule's own float32 sums over the logits sorted by distance
+        ``typical_p`` (rows whose crossing lies among light tokens, see :meth:`_light_crossing`, skip the search);
+        those rows are cut from the rule's own float32 sums over the logits sorted by distance
         (sorted as packed keys, without indices). Only rows where equal distances hold different logits (whose order
         in transformers' sort changes its float32 sums), NaN/+inf rows, and a ``min_tokens_to_keep`` floor splitting
         equal distances need the sorting rule itself.
@@ -471,37 +484,75 @@ class TypicalP(ValueProcessor):
         cut = logits.new_full((rows, 1), float("inf"))
         finite = _finite_rows(logits)
         pending = finite.clone()
-        if self.min_tokens_to_keep == 1 and finite.any():
-            at = finite.nonzero().squeeze(-1)
+        searched = finite & ~self._light_crossing(probs, distance, entropy, mass, scratch) if self.min_tokens_to_keep == 1 else None
+        if searched is not None and searched.any():
+            at = searched.nonzero().squeeze(-1)
             row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
-            target = mass * row_probs.sum(dim=-1).double()
             low = row_distance.amin(dim=-1, keepdim=True)
             high = torch.where(torch.isinf(row_distance), 0, row_distance).amax(dim=-1, keepdim=True)
-            value, clear, _ = mass_cut(row_distance, row_probs, target, TYPICAL_BAND * target, low, high)
+            value, clear, _ = mass_cut(row_distance, row_probs, mass, TYPICAL_BAND, low, high, scratch)
             cut[at[clear]] = value[clear]
             pending[at[clear]] = False
         unsure = ~finite
         keep = min(self.min_tokens_to_keep, vocab_size)
         if pending.any():  # the rule's float32 sums, by distance
             at = pending.nonzero().squeeze(-1)
-            sorted_distance, sorted_logits = sorted_by_key(take_rows(distance, at), take_rows(logits, at))
-            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            last = (cumulative < self.typical_p).sum(dim=1, keepdim=True).clamp(max=vocab_size - 1)
+            sorted_distance, sorted_logits = sorted_by_key(take_rows(distance, at), take_rows(logits, at), scratch)
+            shape = tuple(sorted_logits.shape)
+            contiguous = scratch.take("typical.sorted_logits", shape, logits.dtype).copy_(sorted_logits)
+            probs_in_order = torch.softmax(contiguous, dim=-1, out=scratch.take("typical.sorted_probs", shape, logits.dtype))
+            cumulative = torch.cumsum(probs_in_order, dim=-1, out=contiguous)
+            last = _count_below(cumulative, mass, strict=True).clamp(max=vocab_size - 1)
             value = sorted_distance.gather(1, last)
-            same_distance = sorted_distance[:, 1:] == sorted_distance[:, :-1]
-            reordered = (same_distance & (sorted_logits[:, 1:] != sorted_logits[:, :-1])).any(dim=-1)
-            # transformers' sort may order such tokens otherwise, which changes its float32 sums by rounding only:
-            # that matters where the bounds of the group holding the crossing lie within REORDER_BAND of typical_p
-            start = (sorted_distance < value).sum(dim=-1, keepdim=True)
-            through = cumulative.gather(1, (sorted_distance <= value).sum(dim=-1, keepdim=True) - 1)
+            # equal distances of different logits may sit in another order in transformers' sort, which changes its
+            # float32 sums by rounding only: that matters where the bounds of the group holding the crossing lie
+            # within REORDER_BAND of typical_p
+            start = _count_below(sorted_distance, value, strict=True)
+            through = cumulative.gather(1, _count_below(sorted_distance, value, strict=False) - 1)
             before = torch.where(start > 0, cumulative.gather(1, (start - 1).clamp(min=0)), 0)
             band = REORDER_BAND * mass
-            reordered &= ~((before < mass - band) & (through > mass + band)).squeeze(-1)
+            near = ~((before < mass - band) & (through > mass + band)).squeeze(-1)
+            reordered = torch.zeros_like(near)
+            for index in near.nonzero().squeeze(-1).tolist():  # row views, no copies of the strided rows
+                row_distance, row_logits = sorted_distance[index].numpy(), sorted_logits[index].numpy()
+                reordered[index] = bool(((row_distance[1:] == row_distance[:-1]) & (row_logits[1:] != row_logits[:-1])).any())
             floor = sorted_distance[:, keep - 1 : keep]  # the min_tokens_to_keep most typical tokens stay
             split = (floor > value) & (sorted_distance[:, keep:].narrow(1, 0, min(1, vocab_size - keep)) == floor)
             cut[at] = torch.maximum(value, floor)
             unsure[at[reordered | split.any(dim=-1)]] = True
         return cut, unsure
+
+    @staticmethod
+    def _light_crossing(
+        probs: torch.Tensor, distance: torch.Tensor, entropy: torch.Tensor, mass: float, scratch: Scratch
+    ) -> torch.Tensor:
+        """Bool ``[B]``: rows (flat ones) where the mass surely reaches ``typical_p`` among tokens of probability
+        below ``2 · TYPICAL_BAND``, whose crossing group :func:`mass_cut` cannot tell from its band.
+
+        A token more likely than ``exp(-H)`` lies ``H + log p`` from the entropy, so none lies further than the most
+        likely token; past that distance there are only tokens less likely than ``exp(-H)``, light ones where
+        ``H > -log(2 · TYPICAL_BAND)``. When the tokens up to that distance hold less than ``typical_p`` of the
+        mass, the crossing is among those light tokens. Only high-entropy rows pay this pass; a heavy group of equal
+        light tokens merely takes the sorted path.
+        """
+        light = torch.zeros(len(probs), dtype=torch.bool, device=probs.device)
+        flat = (entropy > -math.log(2 * TYPICAL_BAND)).squeeze(-1)
+        if flat.any():
+            at = flat.nonzero().squeeze(-1)
+            row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
+            furthest_likely = take_rows(entropy, at) + row_probs.amax(dim=-1, keepdim=True).log()
+            within = torch.le(row_distance, furthest_likely, out=scratch.take("typical.within", tuple(row_probs.shape), torch.bool))
+            near_mass = torch.where(within, row_probs, 0).sum(dim=-1)  # float32 sums: a heuristic's precision
+            light[at] = near_mass < mass * (1 - TYPICAL_BAND) * row_probs.sum(dim=-1)
+        return light
+
+def _count_below(ascending: torch.Tensor, bound, strict: bool) -> torch.Tensor:
+    """Per row of ``ascending`` (sorted CPU rows, possibly strided), how many values are ``< bound`` (``<=`` when
+    not ``strict``) ``[B, 1]``: a binary search, not a pass over the row. ``bound``: a float or a ``[B, 1]`` tensor."""
+    rows = ascending.numpy()
+    bounds = np.broadcast_to(np.asarray(bound, dtype=rows.dtype).reshape(-1), (len(rows),))
+    side = "left" if strict else "right"
+    return torch.tensor([[np.searchsorted(row, b, side=side)] for row, b in zip(rows, bounds)], dtype=torch.long)
 
 
 def _block_mass(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
@@ -512,10 +563,12 @@ def _block_mass(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
 
 
 def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
-    """``rule(rows, out)`` on a few rows at a time (see :data:`CHUNK_VALUES`), writing each slice of the result."""
+    """``rule(rows, out, scratch)`` on a few rows at a time (see :data:`CHUNK_VALUES`), writing each slice of the
+    result; the slices share one :class:`Scratch` for their temporaries."""
     out = torch.empty_like(logits)
+    scratch = Scratch()
     for rows in row_slices(*logits.shape):
-        rule(logits[rows], out[rows])
+        rule(logits[rows], out[rows], scratch)
     return out
 
 
