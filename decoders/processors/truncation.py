@@ -224,14 +224,17 @@ class TopP(ValueProcessor):
         if self.top_p >= 1.0 or self.min_tokens_to_keep > 1 or vocab_size < FAST_VOCAB or logits.dtype != torch.float32:
             return None
         row_max = logits.amax(dim=-1, keepdim=True)
-        block_mass = _block_mass(logits, row_max)
-        mass = block_mass.sum(dim=-1).double()  # float32 sums, far inside the margin
-        if block_mass.shape[-1] >= 4 * CANDIDATE_NUCLEUS:
-            # the CANDIDATE_NUCLEUS largest values lie in at most that many blocks: when even the heaviest blocks
-            # hold too little, the loop below would give up at that width, so give up before it
-            heaviest = block_mass.topk(CANDIDATE_NUCLEUS, dim=-1, sorted=False).values.sum(dim=-1).double()
-            if bool((heaviest < (self.top_p - CANDIDATE_SLACK) * mass).any()):
-                return None
+        masses = []
+        for at in row_slices(rows, vocab_size):  # a few rows at a time, giving up at the first flat one
+            block_mass = in_blocks(torch.sub(logits[at], row_max[at]).exp_()).sum(dim=-1)  # exp(x - max) per block
+            masses.append(block_mass.sum(dim=-1).double())  # float32 sums, far inside the margin
+            if block_mass.shape[-1] >= 4 * CANDIDATE_NUCLEUS:
+                # the CANDIDATE_NUCLEUS largest values lie in at most that many blocks: when even the heaviest
+                # blocks hold too little, the loop below would give up at that width, so give up before it
+                heaviest = block_mass.topk(CANDIDATE_NUCLEUS, dim=-1, sorted=False).values.sum(dim=-1).double()
+                if bool((heaviest < (self.top_p - CANDIDATE_SLACK) * masses[-1]).any()):
+                    return None
+        mass = torch.cat(masses)
         kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         pending = list(range(rows))
         width = 64
@@ -546,6 +549,7 @@ class TypicalP(ValueProcessor):
             light[at] = near_mass < mass * (1 - TYPICAL_BAND) * row_probs.sum(dim=-1)
         return light
 
+
 def _count_below(ascending: torch.Tensor, bound, strict: bool) -> torch.Tensor:
     """Per row of ``ascending`` (sorted CPU rows, possibly strided), how many values are ``< bound`` (``<=`` when
     not ``strict``) ``[B, 1]``: a binary search, not a pass over the row. ``bound``: a float or a ``[B, 1]`` tensor."""
@@ -553,13 +557,6 @@ def _count_below(ascending: torch.Tensor, bound, strict: bool) -> torch.Tensor:
     bounds = np.broadcast_to(np.asarray(bound, dtype=rows.dtype).reshape(-1), (len(rows),))
     side = "left" if strict else "right"
     return torch.tensor([[np.searchsorted(row, b, side=side)] for row, b in zip(rows, bounds)], dtype=torch.long)
-
-
-def _block_mass(logits: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
-    """``exp(x − max)`` summed per block of 64 columns (:func:`in_blocks`) ``[B, ⌈V / 64⌉]``, a few rows at a time
-    (see :data:`CHUNK_VALUES`)."""
-    slices = row_slices(*logits.shape)
-    return torch.cat([in_blocks(torch.sub(logits[at], row_max[at]).exp_()).sum(dim=-1) for at in slices])
 
 
 def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
