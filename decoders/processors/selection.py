@@ -143,7 +143,9 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    def take(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, the same memory as the last one taken under ``name``."""
         size = math.prod(shape)
         buffer = self._buffers.get(name)
@@ -166,7 +168,8 @@ def sort_rows_in_place(array: np.ndarray) -> None:
         array.sort(axis=-1)
         return
     bounds = np.linspace(0, len(array), workers + 1).astype(int)
-    list(_sort_pool(workers, os.getpid()).map(lambda start, stop: array[start:stop].sort(axis=-1), bounds[:-1], bounds[1:]))
+    pool = _sort_pool(workers, os.getpid())
+    list(pool.map(lambda start, stop: array[start:stop].sort(axis=-1), bounds[:-1], bounds[1:]))
 
 
 def mass_cut(
@@ -199,8 +202,7 @@ def mass_cut(
     scratch = scratch or Scratch()
     take = lambda name, dtype: scratch.take(f"mass_cut.{name}", keys.shape, dtype, keys.device)  # noqa: E731
     scale = MASS_BUCKETS / (high - low).clamp(min=1e-30)  # finite even when every key is equal
-    # (keys - low) · scale in one pass; rounded otherwise than in two, but as monotone in the key
-    position = torch.addcmul(-low * scale, keys, scale, out=take("position", keys.dtype)).clamp_(0, MASS_BUCKETS - 1)
+    position = torch.sub(keys, low, out=take("position", keys.dtype)).mul_(scale).clamp_(0, MASS_BUCKETS - 1)
     bucket = take("bucket", torch.int64).copy_(position)  # truncates, as .to(torch.int64)
     if weights.dtype != torch.float64:
         weights = take("weights", torch.float64).copy_(weights)
@@ -263,7 +265,8 @@ def sorted_by_key(
     """
     packed = (scratch or Scratch()).take("sorted_by_key.packed", tuple(keys.shape), torch.int64).numpy()
     words = packed.view(np.uint32)  # two per token, the low one first on a little-endian machine
-    high, low = (slice(1, None, 2), slice(0, None, 2)) if sys.byteorder == "little" else (slice(0, None, 2), slice(1, None, 2))
+    first, second = slice(0, None, 2), slice(1, None, 2)
+    high, low = (second, first) if sys.byteorder == "little" else (first, second)
     words[:, high] = keys.numpy().view(np.uint32)
     words[:, low] = values.numpy().view(np.uint32)
     sort_rows_in_place(packed)

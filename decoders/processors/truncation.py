@@ -286,7 +286,7 @@ class TopP(ValueProcessor):
 
     def _process_slice(self, logits: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
         cut, unsure = self._cuts(logits, scratch)
-        below = torch.lt(logits, cut, out=scratch.take("top_p.below", tuple(logits.shape), torch.bool))
+        below = torch.lt(logits, cut, out=scratch.take("top_p.below", tuple(logits.shape), torch.bool, logits.device))
         torch.where(below, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
@@ -312,7 +312,7 @@ class TopP(ValueProcessor):
         """
         threshold = float(torch.tensor(1 - self.top_p, dtype=torch.float32))  # the rule compares in float32
         cut = logits.new_full((logits.shape[0], 1), NEG_INF)
-        minima, maxima = torch.aminmax(logits, dim=-1, keepdim=True)
+        maxima = logits.amax(dim=-1, keepdim=True)  # (torch.aminmax is several times slower than amax and amin)
         finite = torch.isfinite(maxima).squeeze(-1)  # no NaN or +inf, some finite value (as _finite_rows)
         pending = finite.clone()
         if self.min_tokens_to_keep == 1 and finite.any():
@@ -320,9 +320,10 @@ class TopP(ValueProcessor):
             row_logits, row_max = take_rows(logits, at), take_rows(maxima, at)
             # exp(x - max) as the rule's softmax computes it, then in float64: the probabilities up to one factor
             shape = tuple(row_logits.shape)
-            exponentials = torch.sub(row_logits, row_max, out=scratch.take("top_p.exp", shape, logits.dtype)).exp_()
-            weights = scratch.take("top_p.weights", shape, torch.float64).copy_(exponentials)
-            low = torch.maximum(take_rows(minima, at), row_max - UNDERFLOW)
+            exponentials = scratch.take("top_p.exp", shape, logits.dtype, logits.device)
+            torch.sub(row_logits, row_max, out=exponentials).exp_()
+            weights = scratch.take("top_p.weights", shape, torch.float64, logits.device).copy_(exponentials)
+            low = torch.maximum(row_logits.amin(dim=-1, keepdim=True), row_max - UNDERFLOW)
             value, found, size = mass_cut(row_logits, weights, threshold, TOP_P_BAND, low, row_max, scratch)
             clear = found & (size == 1)
             cut[at[clear]] = value[clear]
@@ -442,7 +443,8 @@ class TypicalP(ValueProcessor):
     def _typicality(logits: torch.Tensor, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Probabilities, each token's distance ``|-log p - H|`` from the entropy and the entropy ``H`` ``[B, 1]``,
         as transformers computes them."""
-        take = lambda name: scratch.take(f"typical.{name}", tuple(logits.shape), logits.dtype, logits.device)  # noqa: E731
+        shape = tuple(logits.shape)
+        take = lambda name: scratch.take(f"typical.{name}", shape, logits.dtype, logits.device)  # noqa: E731
         log_probs = torch.log_softmax(logits, dim=-1, out=take("log_probs"))
         probs = torch.exp(log_probs, out=take("probs"))
         entropy = -torch.mul(log_probs, probs, out=take("product")).nansum(-1, keepdim=True)
@@ -451,7 +453,8 @@ class TypicalP(ValueProcessor):
     def _process_slice(self, logits: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
         probs, distance, entropy = self._typicality(logits, scratch)
         cut, unsure = self._cuts(logits, probs, distance, entropy, scratch)
-        beyond = torch.gt(distance, cut, out=scratch.take("typical.beyond", tuple(logits.shape), torch.bool))
+        beyond = scratch.take("typical.beyond", tuple(logits.shape), torch.bool, logits.device)
+        torch.gt(distance, cut, out=beyond)
         torch.where(beyond, logits.new_tensor(NEG_INF), logits, out=out)
         if unsure.any():
             rows = unsure.nonzero().squeeze(-1)
@@ -487,7 +490,9 @@ class TypicalP(ValueProcessor):
         cut = logits.new_full((rows, 1), float("inf"))
         finite = _finite_rows(logits)
         pending = finite.clone()
-        searched = finite & ~self._light_crossing(probs, distance, entropy, mass, scratch) if self.min_tokens_to_keep == 1 else None
+        searched = None
+        if self.min_tokens_to_keep == 1:  # flat rows go straight to the sorted sums
+            searched = finite & ~self._light_crossing(probs, distance, entropy, mass, scratch)
         if searched is not None and searched.any():
             at = searched.nonzero().squeeze(-1)
             row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
@@ -503,7 +508,8 @@ class TypicalP(ValueProcessor):
             sorted_distance, sorted_logits = sorted_by_key(take_rows(distance, at), take_rows(logits, at), scratch)
             shape = tuple(sorted_logits.shape)
             contiguous = scratch.take("typical.sorted_logits", shape, logits.dtype).copy_(sorted_logits)
-            probs_in_order = torch.softmax(contiguous, dim=-1, out=scratch.take("typical.sorted_probs", shape, logits.dtype))
+            probs_in_order = scratch.take("typical.sorted_probs", shape, logits.dtype)
+            torch.softmax(contiguous, dim=-1, out=probs_in_order)
             cumulative = torch.cumsum(probs_in_order, dim=-1, out=contiguous)
             last = _count_below(cumulative, mass, strict=True).clamp(max=vocab_size - 1)
             value = sorted_distance.gather(1, last)
@@ -518,7 +524,8 @@ class TypicalP(ValueProcessor):
             reordered = torch.zeros_like(near)
             for index in near.nonzero().squeeze(-1).tolist():  # row views, no copies of the strided rows
                 row_distance, row_logits = sorted_distance[index].numpy(), sorted_logits[index].numpy()
-                reordered[index] = bool(((row_distance[1:] == row_distance[:-1]) & (row_logits[1:] != row_logits[:-1])).any())
+                same_distance = row_distance[1:] == row_distance[:-1]
+                reordered[index] = bool((same_distance & (row_logits[1:] != row_logits[:-1])).any())
             floor = sorted_distance[:, keep - 1 : keep]  # the min_tokens_to_keep most typical tokens stay
             split = (floor > value) & (sorted_distance[:, keep:].narrow(1, 0, min(1, vocab_size - keep)) == floor)
             cut[at] = torch.maximum(value, floor)
@@ -544,7 +551,8 @@ class TypicalP(ValueProcessor):
             at = flat.nonzero().squeeze(-1)
             row_probs, row_distance = take_rows(probs, at), take_rows(distance, at)
             furthest_likely = take_rows(entropy, at) + row_probs.amax(dim=-1, keepdim=True).log()
-            within = torch.le(row_distance, furthest_likely, out=scratch.take("typical.within", tuple(row_probs.shape), torch.bool))
+            within = scratch.take("typical.within", tuple(row_probs.shape), torch.bool, probs.device)
+            torch.le(row_distance, furthest_likely, out=within)
             near_mass = torch.where(within, row_probs, 0).sum(dim=-1)  # float32 sums: a heuristic's precision
             light[at] = near_mass < mass * (1 - TYPICAL_BAND) * row_probs.sum(dim=-1)
         return light
