@@ -6,6 +6,7 @@ The rows are long enough for the sort-free cuts to run (V ≥ FAST_VOCAB on the 
 
 import multiprocessing
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -171,3 +172,16 @@ def test_a_forked_child_sorts_rows_after_its_parent_did():
     selection.sort_rows_in_place(values.copy())  # the parent's threads exist now
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert (pool.apply_async(_sorted_in_child, (values.copy(),)).get(timeout=60) == np.sort(values, axis=-1)).all()
+
+
+def test_threads_cutting_at_once_keep_their_own_tokens():
+    """The cuts' temporaries are per thread: two threads cutting different batches at the same time each get
+    what a lone call gives (a server answering requests on a thread pool)."""
+    batches = [zipf_rows(8, 50257, exponent, seed) for exponent, seed in ((0.9, 1), (1.3, 2))]
+    rules = [TopP(0.9), TypicalP(0.9)]
+    expected = [[rule.process(None, logits) for rule in rules] for logits in batches]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda logits: [rule.process(None, logits) for rule in rules], batches))
+            for got, want in zip(results, expected):
+                assert all(torch.equal(g, w) for g, w in zip(got, want))

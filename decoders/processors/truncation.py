@@ -24,6 +24,7 @@ from decoders.processors.selection import (
     take_rows,
     sorted_by_key,
     sorted_values,
+    thread_scratch,
 )
 
 #: vocabularies at least this large get the fast candidate paths of top-p and min-p used without top-k, and the
@@ -569,9 +570,9 @@ def _count_below(ascending: torch.Tensor, bound, strict: bool) -> torch.Tensor:
 
 def _by_row_slices(logits: torch.Tensor, rule) -> torch.Tensor:
     """``rule(rows, out, scratch)`` on a few rows at a time (see :data:`CHUNK_VALUES`), writing each slice of the
-    result; the slices share one :class:`Scratch` for their temporaries."""
+    result; the slices take their temporaries from the thread's :func:`thread_scratch`."""
     out = torch.empty_like(logits)
-    scratch = Scratch()
+    scratch = thread_scratch()
     for rows in row_slices(*logits.shape):
         rule(logits[rows], out[rows], scratch)
     return out
