@@ -162,9 +162,10 @@ _thread_local = threading.local()
 
 
 def thread_scratch() -> Scratch:
-    """This thread's :class:`Scratch`, kept for the thread's life: its buffers hold at most a slice of
-    :data:`CHUNK_VALUES` values each, ~50 MB in all once top-p and typical-p have run on large batches (measured:
-    48.7 MB after both on 64 × 152064). Each thread has its own, so concurrent calls do not share buffers."""
+    """This thread's :class:`Scratch`, kept for the thread's life: each buffer holds one slice of rows
+    (:data:`CHUNK_VALUES` values, or one row where a row is longer), ~50 MB in all once top-p and typical-p have run
+    on large batches (measured: 48.7 MB after both on 64 × 152064). Each thread has its own, so concurrent calls
+    do not share buffers."""
     if not hasattr(_thread_local, "scratch"):
         _thread_local.scratch = Scratch()
     return _thread_local.scratch
