@@ -92,15 +92,25 @@ def _check_generators(generators: list[torch.Generator], rows: int) -> None:
         raise ValueError(f"got {len(generators)} generators for {rows} rows: pass one torch.Generator per row")
 
 
+#: distance below a row's maximum past which a value's fixed-point weight is 0 for any vocabulary:
+#: ``exp(-60) · 2^60 < 1e-8``, and the shift ``s`` of :func:`fixed_point_weights` is at most 60
+ZERO_WEIGHT_BELOW = 60.0
+
+
 def fixed_point_weights(values: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``exp(x − max x)`` of each row as int64 fixed-point numbers: ``floor(w · 2^s)``, ``s = 62 − bit_length(V)``.
 
     Integer sums are exact in any order and grouping, so a candidate set (absent tokens weigh 0) and its dense row
     give the same running sums; ``V`` weights of at most ``2^s`` each add up to less than ``2^62``. A weight below
     ``2^-s`` of the row's largest (``5.7e-14`` for a 152k vocabulary) counts as 0.
+
+    Values more than :data:`ZERO_WEIGHT_BELOW` under the maximum weigh 0 at any ``s``, so they are raised to that
+    floor before the ``exp``: the weights are the same, and ``exp`` of ``-inf`` or of a value whose result
+    underflows takes a slow path (measured: 3.3× and 9× slower than finite values on 912k values).
     """
     shift = 62 - max(int(vocab_size), 2).bit_length()
-    return torch.sub(values, values.amax(dim=-1, keepdim=True)).exp_().mul_(2.0**shift).to(torch.int64)
+    scaled = torch.sub(values, values.amax(dim=-1, keepdim=True)).clamp_(min=-ZERO_WEIGHT_BELOW)
+    return scaled.exp_().mul_(2.0**shift).to(torch.int64)
 
 
 def _inverse_cdf(values: torch.Tensor, uniforms: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:

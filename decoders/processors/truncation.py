@@ -49,6 +49,10 @@ TYPICAL_BAND = 2e-3
 REORDER_BAND = 1e-6
 #: logits this far below a row's maximum have probability exactly 0 in float32
 UNDERFLOW = 104.0
+#: below this, ``exp`` underflows (to subnormals or 0) and ``torch.exp`` takes a slow path, also for ``-inf``
+#: (measured 3-45× slower); the rules' float64 weight estimates raise such values to it first: each then weighs
+#: 1.6e-38 instead of less, far inside every band
+EXP_FLOOR = -87.0
 
 
 def _sort_free(logits: torch.Tensor) -> bool:
@@ -227,7 +231,8 @@ class TopP(ValueProcessor):
         row_max = logits.amax(dim=-1, keepdim=True)
         masses = []
         for at in row_slices(rows, vocab_size):  # a few rows at a time, giving up at the first flat one
-            block_mass = in_blocks(torch.sub(logits[at], row_max[at]).exp_()).sum(dim=-1)  # exp(x - max) per block
+            exponentials = torch.sub(logits[at], row_max[at]).clamp_(min=EXP_FLOOR).exp_()
+            block_mass = in_blocks(exponentials).sum(dim=-1)  # exp(x - max) per block
             masses.append(block_mass.sum(dim=-1).double())  # float32 sums, far inside the margin
             if block_mass.shape[-1] >= 4 * CANDIDATE_NUCLEUS:
                 # the CANDIDATE_NUCLEUS largest values lie in at most that many blocks: when even the heaviest
@@ -319,10 +324,11 @@ class TopP(ValueProcessor):
         if self.min_tokens_to_keep == 1 and finite.any():
             at = finite.nonzero().squeeze(-1)
             row_logits, row_max = take_rows(logits, at), take_rows(maxima, at)
-            # exp(x - max) as the rule's softmax computes it, then in float64: the probabilities up to one factor
+            # exp(x - max) as the rule's softmax computes it (values under EXP_FLOOR raised to it), then in float64:
+            # the probabilities up to one factor
             shape = tuple(row_logits.shape)
             exponentials = scratch.take("top_p.exp", shape, logits.dtype, logits.device)
-            torch.sub(row_logits, row_max, out=exponentials).exp_()
+            torch.sub(row_logits, row_max, out=exponentials).clamp_(min=EXP_FLOOR).exp_()
             weights = scratch.take("top_p.weights", shape, torch.float64, logits.device).copy_(exponentials)
             low = torch.maximum(row_logits.amin(dim=-1, keepdim=True), row_max - UNDERFLOW)
             value, found, size = mass_cut(row_logits, weights, threshold, TOP_P_BAND, low, row_max, scratch)
