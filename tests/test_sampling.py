@@ -192,3 +192,18 @@ def test_the_same_seeds_give_the_same_tokens_and_other_seeds_others():
 def test_one_generator_per_row_is_required():
     with pytest.raises(ValueError, match="one torch.Generator per row"):
         build([], "sample").select(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 5), generators([1]))
+
+
+@pytest.mark.parametrize("vocab_size", [2, 64, 49152, 152064, 2**20])
+def test_far_below_values_weigh_what_their_exp_gives(vocab_size):
+    """The draw's fixed-point weights skip exp's slow path for -inf and far-below values; every weight is still
+    floor(exp(x - max) · 2^s) of the plain formula, for spreads from 0.1 to 10^4 and any vocabulary size."""
+    from decoders.selectors import fixed_point_weights
+
+    generator = torch.Generator().manual_seed(vocab_size % 1000)
+    spreads = torch.tensor([0.1, 1.0, 5.0, 20.0, 50.0, 100.0, 300.0, 1e4]).unsqueeze(1)
+    values = torch.randn(8, 999, generator=generator) * spreads
+    values[:, ::3] = float("-inf")
+    shift = 62 - max(vocab_size, 2).bit_length()
+    plain = torch.sub(values, values.amax(dim=-1, keepdim=True)).exp_().mul_(2.0**shift).to(torch.int64)
+    assert torch.equal(fixed_point_weights(values, vocab_size), plain)
