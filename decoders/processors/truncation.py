@@ -60,9 +60,15 @@ def _sort_free(logits: torch.Tensor) -> bool:
     return logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.shape[-1] >= FAST_VOCAB
 
 
-def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
-    """Bool ``[B]``: rows with no NaN or +inf and at least one finite value (the others get the sorting rule)."""
-    return torch.isfinite(logits.amax(dim=-1))
+def _finite_rows(maxima: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B]``, from the rows' maxima ``[B, 1]``: rows with no NaN or +inf and at least one finite value (the
+    others get the sorting rule)."""
+    return torch.isfinite(maxima).squeeze(-1)
+
+
+def _exp_under_max(values: torch.Tensor, maxima: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``exp(x - max)`` per row with values under :data:`EXP_FLOOR` raised to it first (off ``exp``'s slow path)."""
+    return torch.sub(values, maxima, out=out).clamp_(min=EXP_FLOOR).exp_()
 
 
 def _check_min_keep(min_tokens_to_keep: int) -> None:
@@ -231,8 +237,7 @@ class TopP(ValueProcessor):
         row_max = logits.amax(dim=-1, keepdim=True)
         masses = []
         for at in row_slices(rows, vocab_size):  # a few rows at a time, giving up at the first flat one
-            exponentials = torch.sub(logits[at], row_max[at]).clamp_(min=EXP_FLOOR).exp_()
-            block_mass = in_blocks(exponentials).sum(dim=-1)  # exp(x - max) per block
+            block_mass = in_blocks(_exp_under_max(logits[at], row_max[at])).sum(dim=-1)  # exp(x - max) per block
             masses.append(block_mass.sum(dim=-1).double())  # float32 sums, far inside the margin
             if block_mass.shape[-1] >= 4 * CANDIDATE_NUCLEUS:
                 # the CANDIDATE_NUCLEUS largest values lie in at most that many blocks: when even the heaviest
@@ -319,7 +324,7 @@ class TopP(ValueProcessor):
         threshold = float(torch.tensor(1 - self.top_p, dtype=torch.float32))  # the rule compares in float32
         cut = logits.new_full((logits.shape[0], 1), NEG_INF)
         maxima = logits.amax(dim=-1, keepdim=True)  # (torch.aminmax is several times slower than amax and amin)
-        finite = torch.isfinite(maxima).squeeze(-1)  # no NaN or +inf, some finite value (as _finite_rows)
+        finite = _finite_rows(maxima)
         pending = finite.clone()
         if self.min_tokens_to_keep == 1 and finite.any():
             at = finite.nonzero().squeeze(-1)
@@ -328,7 +333,7 @@ class TopP(ValueProcessor):
             # the probabilities up to one factor
             shape = tuple(row_logits.shape)
             exponentials = scratch.take("top_p.exp", shape, logits.dtype, logits.device)
-            torch.sub(row_logits, row_max, out=exponentials).clamp_(min=EXP_FLOOR).exp_()
+            _exp_under_max(row_logits, row_max, out=exponentials)
             weights = scratch.take("top_p.weights", shape, torch.float64, logits.device).copy_(exponentials)
             low = torch.maximum(row_logits.amin(dim=-1, keepdim=True), row_max - UNDERFLOW)
             value, found, size = mass_cut(row_logits, weights, threshold, TOP_P_BAND, low, row_max, scratch)
@@ -495,7 +500,7 @@ class TypicalP(ValueProcessor):
         rows, vocab_size = logits.shape
         mass = float(torch.tensor(self.typical_p, dtype=torch.float32))  # the rule compares in float32
         cut = logits.new_full((rows, 1), float("inf"))
-        finite = _finite_rows(logits)
+        finite = _finite_rows(logits.amax(dim=-1, keepdim=True))
         pending = finite.clone()
         searched = None
         if self.min_tokens_to_keep == 1:  # flat rows go straight to the sorted sums
