@@ -28,6 +28,7 @@ from decoders.builtins import (
 from decoders.chain import Chain
 from decoders.config import ProcessorConfig, SearchConfig, SelectorConfig
 from decoders.driver import generate, stream
+from decoders.engine import Engine, RequestEvent
 from decoders.errors import (
     DecodersError,
     GenerationError,
@@ -80,6 +81,7 @@ __all__ = [
     "Chain",
     "DecodeContext",
     "DecodersError",
+    "Engine",
     "EpsilonCutoffConfig",
     "EtaCutoffConfig",
     "GenerationError",
@@ -99,6 +101,7 @@ __all__ = [
     "Processor",
     "ProcessorConfig",
     "RepetitionPenaltyConfig",
+    "RequestEvent",
     "SampleConfig",
     "Search",
     "SearchConfig",

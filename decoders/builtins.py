@@ -15,6 +15,7 @@ from decoders.searches import (
     BeamConfig,
     BestOfConfig,
     ContrastiveConfig,
+    DolaConfig,
     SingleConfig,
     SpeculativeConfig,
     StochasticBeamConfig,
@@ -251,7 +252,9 @@ PROCESSOR_CONFIGS = (
     BadWordsConfig,
 )
 SELECTOR_CONFIGS = (GreedyConfig, SampleConfig)
-SEARCH_CONFIGS = (SingleConfig, BeamConfig, ContrastiveConfig, StochasticBeamConfig, BestOfConfig, SpeculativeConfig)
+SEARCH_CONFIGS = (
+    SingleConfig, BeamConfig, ContrastiveConfig, StochasticBeamConfig, BestOfConfig, SpeculativeConfig, DolaConfig
+)
 
 #: the built-in presets: named strategies, each with its one-line description
 PRESETS: dict[str, dict] = {

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from decoders.errors import NonFiniteLogitsError, StrategyError
+from decoders.events import RowsRewound, RowsSelected, TokensAccepted
 from decoders.processors.base import Candidates, DecodeContext, Processor
 from decoders.processors.truncation import TopK
 from decoders.selectors import Selector
@@ -86,23 +87,26 @@ class Chain:
         for processor in self.processors:
             processor.reset(self.context)
 
+    def update(self, event) -> None:
+        """Follow a change of the batch's rows (an event of :mod:`decoders.events`): the context's per-row fields,
+        then every processor's state."""
+        self.context.follow(event)
+        for processor in self.processors:
+            processor.update(event)
+
     def accept(self, tokens: torch.LongTensor) -> None:
         """Tell every processor which tokens ``[B]`` were just selected."""
-        for processor in self.processors:
-            processor.accept(tokens)
+        self.update(TokensAccepted(tokens))
 
     def reorder(self, rows: torch.LongTensor) -> None:
         """Row i of the next step continues old row ``rows[i]``: update the context and every processor."""
-        self.context.select_rows(rows.tolist())
-        for processor in self.processors:
-            processor.reorder(rows)
+        self.update(RowsSelected(torch.as_tensor(rows, dtype=torch.long), ()))
 
     def rollback(self, counts: Sequence[int]) -> None:
         """Every processor forgets the last ``counts[i]`` tokens row ``i`` accepted (speculative decoding)."""
-        counts = [int(c) for c in counts]
+        counts = tuple(int(c) for c in counts)
         if any(counts):
-            for processor in self.processors:
-                processor.rollback(counts)
+            self.update(RowsRewound(counts))
 
     def require(self, methods: Sequence[str], search: str) -> None:
         """Refuse, with a clear message, a stateful processor that lacks a state method ``search`` will call."""

@@ -1,87 +1,31 @@
-"""generate / stream: validate the inputs, then let the strategy's search drive a model session.
+"""generate / stream: validate the inputs, then run them as requests of a private :class:`~decoders.engine.Engine`.
 
     inputs (prompts, strategy, model, lengths, seeds) → checked before the model runs
-      → chain (processors + selector) and search, built from the strategy (one chain per group of rows, in a
-        MixedChain, when each prompt has its own strategy)
-      → ModelSession (left-padded prompts, KV cache) → search.run: step events, then ranked hypotheses
-      → GenerationResult per prompt
+      → one engine request per prompt, all added before the first step (so they start together: the single
+        search's rows share one batch, each strategy's rows one chain; other searches run the call as one batch)
+      → engine steps → step events → GenerationResult per prompt
 
 :func:`stream` yields a :class:`StepEvent` per step; :func:`generate` runs the same loop to its end and
 returns the :class:`Generations`. Any causal LM with the keyword interface of :mod:`decoders.session` works,
-transformers or not.
+transformers or not. The checks here are the engine's too (:meth:`Engine.add <decoders.engine.Engine.add>`).
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
-from decoders.chain import Chain
 from decoders.errors import GenerationError, StrategyError, validation_message
-from decoders.mixed import MixedChain
-from decoders.processors.base import DecodeContext
-from decoders.results import GenerationResult, Generations, Hypothesis, StepEvent
-from decoders.searches.base import Outcome, Search, SearchJob, SearchRun
-from decoders.session import ModelSession
+from decoders.results import Generations, StepEvent
+from decoders.searches.base import Search
 from decoders.strategy import Strategy
 
 
-@dataclass
-class _ModelPair:
-    """A caller's ``(model, tokenizer)``, with the attributes the driver reads from a ``LoadedModel``.
-
-    Unlike ``LoadedModel`` it needs no transformers config, so any model with the forward interface works.
-    """
-
-    model: Any
-    tokenizer: Any
-    name: str
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        """The tokenizer's EOS id and the generation config's, without repeats."""
-        from decoders.models import eos_token_ids_of
-
-        return eos_token_ids_of(self.model, self.tokenizer)
-
-    @property
-    def context_length(self) -> int | None:
-        from decoders.models import context_length_of
-
-        return context_length_of(self.model)
-
-
-def _resolve_model(model: Any) -> Any:
-    if model is None or isinstance(model, (str, Path)):
-        from decoders.models import load_model
-
-        return load_model(None if model is None else str(model))
-    if isinstance(model, tuple) and len(model) == 2:
-        if not callable(model[0]) or not hasattr(model[1], "decode"):
-            raise GenerationError(
-                "a (model, tokenizer) tuple needs a causal LM first and its tokenizer second; got "
-                f"({type(model[0]).__name__}, {type(model[1]).__name__})"
-            )
-        return _ModelPair(
-            model[0],
-            model[1],
-            getattr(getattr(model[0], "config", None), "name_or_path", "") or type(model[0]).__name__,
-        )
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):
-        return model
-    raise GenerationError(
-        f"model must be None (the embedded default), a model name or folder, a LoadedModel, or a (model, tokenizer) "
-        f"tuple; got {type(model).__name__}"
-    )
-
-
-def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
+def as_prompts(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, bytes | bytearray):
         raise GenerationError("the prompt is bytes, not text: decode it first, e.g. prompt.decode('utf-8')")
     if isinstance(prompts, str):
@@ -110,7 +54,7 @@ def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
-def _as_stops(stop: str | Sequence[str] | None) -> list[str]:
+def as_stops(stop: str | Sequence[str] | None) -> list[str]:
     if stop is not None and not isinstance(stop, str | Sequence):
         raise GenerationError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -123,7 +67,7 @@ def _as_stops(stop: str | Sequence[str] | None) -> list[str]:
 SEED_RANGE = (0, 2**64 - 1)
 
 
-def _as_seed(value: Any, what: str) -> int:
+def as_seed(value: Any, what: str) -> int:
     if isinstance(value, bool):
         raise GenerationError(f"{what} must be a whole number, got {value!r}")
     try:
@@ -142,13 +86,13 @@ def _generators(seed: int | Sequence[int] | None, rows: int) -> list[torch.Gener
     if isinstance(seed, str | bytes):
         raise GenerationError(f"seed must be a whole number or a list of them, got {seed!r}")
     if isinstance(seed, Sequence):
-        seeds = [_as_seed(s, f"seed {i}") for i, s in enumerate(seed)]
+        seeds = [as_seed(s, f"seed {i}") for i, s in enumerate(seed)]
         if len(seeds) != rows:
             raise GenerationError(
                 f"got {len(seeds)} seeds for {rows} prompts: pass one seed per prompt, or one int (row i then uses seed + i)"
             )
     else:
-        first = _as_seed(seed, "seed")
+        first = as_seed(seed, "seed")
         if first + rows - 1 > SEED_RANGE[1]:
             raise GenerationError(
                 f"seed {first} + {rows - 1} (row i uses seed + i) is past 2**64 - 1: use a smaller seed or one seed per prompt"
@@ -157,7 +101,7 @@ def _generators(seed: int | Sequence[int] | None, rows: int) -> list[torch.Gener
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def _as_strategies(strategy: Any, rows: int) -> list[Strategy]:
+def as_strategies(strategy: Any, rows: int) -> list[Strategy]:
     """One resolved strategy per row: the same for all, or one per prompt when ``strategy`` is a list."""
     if not isinstance(strategy, list | tuple):
         return [Strategy.resolve(strategy)] * rows
@@ -195,16 +139,11 @@ def _describe_search(config: Any) -> str:
     return f"{config.kind}({', '.join(changed)})" if changed else config.kind
 
 
-def _chain_and_search(strategy: Any, rows: int) -> tuple[Chain | MixedChain, Search]:
-    """The chain (a :class:`MixedChain` when rows use different strategies) and the search of a call."""
-    strategies = _as_strategies(strategy, rows)
-    groups: dict[str, list[int]] = {}
-    for row, chosen in enumerate(strategies):
-        groups.setdefault(chosen.model_dump_json(exclude={"name", "description"}), []).append(row)
-    firsts = [strategies[members[0]] for members in groups.values()]
+def _check_searches(strategies: list[Strategy]) -> None:
+    """Refuse a call whose strategies use different searches (a mixed batch runs one search over its rows)."""
     searches: dict[str, list[int]] = {}
-    for first, members in zip(firsts, groups.values()):
-        searches.setdefault(first.search.model_dump_json(), []).extend(members)
+    for row, chosen in enumerate(strategies):
+        searches.setdefault(chosen.search.model_dump_json(), []).append(row)
     if len(searches) > 1:
         described = "; ".join(
             f"{_describe_search(strategies[members[0]].search)} (row{'s' if len(members) > 1 else ''} "
@@ -215,17 +154,41 @@ def _chain_and_search(strategy: Any, rows: int) -> tuple[Chain | MixedChain, Sea
             f"a mixed batch runs one search over all its rows, and these strategies use different searches: "
             f"{described}. Give every strategy the same search (and settings), or make one call per search"
         )
-    search = firsts[0].build_search()
-    if len(groups) == 1:
-        return firsts[0].build(), search
-    chains = [first.build() for first in firsts]
-    mixed = MixedChain(chains, list(groups.values()))
-    if not search.per_row_chains:
-        try:
-            mixed.selector
-        except StrategyError as exc:
-            raise StrategyError(f"the '{search.kind}' search: {exc}") from None
-    return mixed, search
+
+
+def checked_search(strategy: Strategy, options: Any, *, streaming: bool = False) -> Search:
+    """The strategy's search, checked against its chain and the options (stop strings; streaming for
+    :func:`stream`, which shows tokens as they are chosen)."""
+    search = strategy.build_search()
+    strategy.build()  # the chain: its processors and selector checked (and against the search) once, here
+    if streaming and not search.streams:
+        raise GenerationError(
+            f"the '{search.kind}' search cannot stream: its hypotheses are only decided at the end. "
+            "Use decoders.generate() (the CLI's --no-stream), or a search that streams such as 'single'"
+        )
+    if options.stops and not search.stop_strings:
+        raise GenerationError(
+            f"the '{search.kind}' search does not take stop strings: leave stop out and cut the texts afterwards"
+        )
+    return search
+
+
+def check_options(
+    max_new_tokens: Any, stop: Any, ignore_eos: bool, logprobs: Any, trace: bool, top: Any, texts: bool
+) -> Any:
+    """The per-request options, checked (:class:`~decoders.engine.Options`)."""
+    from decoders.engine import Options
+
+    stops = as_stops(stop)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise GenerationError(f"max_new_tokens must be a whole number ≥ 0, got {max_new_tokens!r}")
+    if trace and top < 1:
+        raise GenerationError(f"top must be ≥ 1 to trace, got {top}")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+        raise GenerationError(
+            f"logprobs must be None (off) or a whole number ≥ 0 of top alternatives per token, got {logprobs!r}"
+        )
+    return Options(max_new_tokens, tuple(stops), bool(ignore_eos), logprobs, bool(trace), top, texts)
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
@@ -244,116 +207,101 @@ def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def check_lengths(loaded: Any, prompt_ids: list[list[int]], max_new_tokens: int, *, single: bool = False) -> None:
+    """Refuse a prompt that gave no tokens, or that leaves no room for ``max_new_tokens`` in the model's context."""
+    context = loaded.context_length
+    for index, ids in enumerate(prompt_ids):
+        label = "the prompt" if single or len(prompt_ids) == 1 else f"prompt {index}"
+        if not ids:
+            raise GenerationError(f"{label} gave no tokens: give text the tokenizer can encode")
+        if context is not None and len(ids) + max_new_tokens > context:
+            over = len(ids) + max_new_tokens - context
+            if len(ids) >= context:
+                advice = f"the prompt alone fills the context: shorten it by at least {over} tokens"
+            else:
+                advice = f"shorten the prompt by at least {over} tokens, or lower max_new_tokens to {context - len(ids)}"
+            raise GenerationError(
+                f"{label} has {len(ids)} token{'s' if len(ids) != 1 else ''} and max_new_tokens is {max_new_tokens}: "
+                f"{len(ids) + max_new_tokens} > the model's context length of {context} tokens; {advice}"
+            )
+
+
 class _Generation:
-    """One call: its inputs, validated when it is made (before the model runs), then the search's run.
+    """One call: its inputs, validated when it is made (before the model runs), then its engine's steps.
 
     ``texts=False`` skips decoding each step's text unless stop strings need it (what :func:`generate` does).
     """
 
-    def __init__(
-        self,
-        prompts: str | Sequence[str],
-        strategy: Any,
-        model: Any,
-        *,
-        max_new_tokens: int,
-        seed: int | Sequence[int] | None,
-        stop: str | Sequence[str] | None,
-        chat: bool,
-        trace: bool,
-        top: int,
-        ignore_eos: bool,
-        logprobs: int | None,
-        texts: bool,
-    ):
-        self.prompts = _as_prompts(prompts)
-        self.stops = _as_stops(stop)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise GenerationError(f"max_new_tokens must be a whole number ≥ 0, got {max_new_tokens!r}")
-        if trace and top < 1:
-            raise GenerationError(f"top must be ≥ 1 to trace, got {top}")
-        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
-            raise GenerationError(
-                f"logprobs must be None (off) or a whole number ≥ 0 of top alternatives per token, got {logprobs!r}"
-            )
-        self.max_new_tokens, self.trace, self.top, self.ignore_eos = max_new_tokens, trace, top, ignore_eos
-        self.logprobs, self.texts = logprobs, texts
-        self.generators = _generators(seed, len(self.prompts))
-        self.chain, self.search = _chain_and_search(strategy, len(self.prompts))
-        if texts and not self.search.streams:
-            raise GenerationError(
-                f"the '{self.search.kind}' search cannot stream: its hypotheses are only decided at the end. "
-                "Use decoders.generate() (the CLI's --no-stream), or a search that streams such as 'single'"
-            )
-        if self.stops and not self.search.stop_strings:
-            raise GenerationError(
-                f"the '{self.search.kind}' search does not take stop strings: leave stop out and cut the texts afterwards"
-            )
-        self.loaded = _resolve_model(model)
-        self.tokenizer = self.loaded.tokenizer
-        self.prompt_ids = encode_prompts(self.tokenizer, self.prompts, chat)
-        self._check_lengths()
+    def __init__(self, prompts: Any, strategy: Any, model: Any, *, seed: Any, chat: bool, texts: bool, **options: Any):
+        from decoders.engine import Engine
 
-    def _check_lengths(self) -> None:
-        context = self.loaded.context_length
-        for index, ids in enumerate(self.prompt_ids):
-            label = "the prompt" if len(self.prompts) == 1 else f"prompt {index}"
-            if not ids:
-                raise GenerationError(f"{label} gave no tokens: give text the tokenizer can encode")
-            if context is not None and len(ids) + self.max_new_tokens > context:
-                over = len(ids) + self.max_new_tokens - context
-                if len(ids) >= context:
-                    advice = f"the prompt alone fills the context: shorten it by at least {over} tokens"
-                else:
-                    advice = f"shorten the prompt by at least {over} tokens, or lower max_new_tokens to {context - len(ids)}"
-                raise GenerationError(
-                    f"{label} has {len(ids)} token{'s' if len(ids) != 1 else ''} and max_new_tokens is {self.max_new_tokens}: "
-                    f"{len(ids) + self.max_new_tokens} > the model's context length of {context} tokens; {advice}"
-                )
+        self.prompts = as_prompts(prompts)
+        rows = len(self.prompts)
+        self.options = check_options(texts=texts, **options)
+        generators = _generators(seed, rows)
+        strategies = as_strategies(strategy, rows)
+        _check_searches(strategies)
+        searches = {}
+        for index, chosen in enumerate(strategies):
+            key = chosen.model_dump_json(exclude={"name", "description"})
+            if key not in searches:
+                searches[key] = checked_search(chosen, self.options, streaming=texts)
+        self._check_one_selector(strategies, searches)
+        self.engine = Engine(model, texts=texts)
+        prompt_ids = encode_prompts(self.engine.tokenizer, self.prompts, chat)
+        check_lengths(self.engine.loaded, prompt_ids, self.options.max_new_tokens)
+        self.ids = [
+            self.engine._add(
+                prompt, ids, chosen, searches[chosen.model_dump_json(exclude={"name", "description"})], self.options,
+                None if generators is None else generators[index],
+            )  # fmt: skip
+            for index, (prompt, ids, chosen) in enumerate(zip(self.prompts, prompt_ids, strategies))
+        ]
+
+    @staticmethod
+    def _check_one_selector(strategies: list[Strategy], searches: dict[str, Search]) -> None:
+        """A search that picks tokens with one selector for the whole batch needs the same selector in every row."""
+        search = next(iter(searches.values()))
+        if search.per_row_chains:
+            return
+        kinds = {s.selector.model_dump_json() for s in strategies}
+        if len(kinds) > 1:
+            names = ", ".join(sorted({s.selector.kind for s in strategies}))
+            raise StrategyError(
+                f"the '{search.kind}' search: the rows of this batch use different selectors ({names}), and this "
+                "search picks tokens with one selector for the whole batch: give every row the same selector, or "
+                "split the call"
+            )
 
     def events(self) -> Iterator[StepEvent]:
-        """The search's step events, then the final event with the results."""
-        outcomes = yield from self._run()
-        rows = len(self.prompts)
-        steps = max((len(h.generated_ids) for o in outcomes for h in o.hypotheses), default=0)
-        yield StepEvent(steps, [None] * rows, [""] * rows, [True] * rows, results=self._results(outcomes))
-
-    @torch.inference_mode()
-    def _run(self) -> SearchRun:
-        eos = self.loaded.eos_token_ids
-        pad = self.tokenizer.pad_token_id
-        pad_id = pad if pad is not None else (eos[0] if eos else 0)
-        width = max(map(len, self.prompt_ids))
-        self.chain.reset(
-            DecodeContext(
-                prompt_length=width, eos_token_ids=eos, tokenizer=self.tokenizer,
-                generators=None if self.generators is None else list(self.generators),
-                padding=[width - len(ids) for ids in self.prompt_ids],
-            )  # fmt: skip
-        )
-        if self.max_new_tokens == 0:
-            empty = Hypothesis(text="", generated_ids=[], score=0.0, finish_reason="length")
-            return [Outcome([empty]) for _ in self.prompts]
-        session = ModelSession(self.loaded.model, self.prompt_ids, pad_id, self.max_new_tokens)
-        job = SearchJob(
-            session=session, chain=self.chain, tokenizer=self.tokenizer, max_new_tokens=self.max_new_tokens,
-            eos_token_ids=frozenset() if self.ignore_eos else frozenset(eos), generators=self.generators,
-            stops=self.stops, texts=self.texts, trace=self.trace, top=self.top, logprobs=self.logprobs,
-        )  # fmt: skip
-        return (yield from self.search.run(job))
-
-    def _results(self, outcomes: list[Outcome]) -> Generations:
-        results = Generations()
-        for prompt, prompt_ids, outcome in zip(self.prompts, self.prompt_ids, outcomes):
-            best = outcome.hypotheses[0]
-            results.append(
-                GenerationResult(
-                    prompt=prompt, text=best.text, prompt_ids=list(prompt_ids), generated_ids=best.generated_ids,
-                    finish_reason=best.finish_reason, score=best.score, alternatives=outcome.hypotheses,
-                    logprobs=best.logprobs, steps=outcome.steps, beam_steps=outcome.beam_steps,
-                )  # fmt: skip
-            )
-        return results
+        """The step events, then the final event with the results."""
+        engine, rows = self.engine, len(self.prompts)
+        place = {request: row for row, request in enumerate(self.ids)}
+        finished = [engine.result(request) is not None for request in self.ids]
+        step = 0
+        with torch.inference_mode():
+            while engine.pending:
+                events = engine.step()
+                shown = [event for event in events if event.token_id is not None or event.text]
+                for event in events:
+                    if event.error is not None:
+                        raise event.error
+                    finished[place[event.request]] |= event.finished
+                if not shown:
+                    continue
+                token_ids: list[int | None] = [None] * rows
+                texts = [""] * rows
+                records = [None] * rows if self.options.trace else None
+                for event in shown:
+                    row = place[event.request]
+                    token_ids[row], texts[row] = event.token_id, event.text
+                    if records is not None:
+                        records[row] = event.record
+                yield StepEvent(step, token_ids, texts, list(finished), records)
+                step += 1
+        results = Generations(engine.result(request) for request in self.ids)
+        steps = max((len(h.generated_ids) for r in results for h in r.alternatives), default=0)
+        yield StepEvent(steps, [None] * rows, [""] * rows, [True] * rows, results=results)
 
 
 def stream(

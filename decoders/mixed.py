@@ -19,6 +19,7 @@ import torch
 
 from decoders.chain import Chain, Observer, Scores, dense
 from decoders.errors import StrategyError
+from decoders.events import RowsAdded, RowsFinished, RowsRewound, RowsSelected, RowsWidened, TokensAccepted
 from decoders.processors.base import DecodeContext, Processor
 from decoders.selectors import Selector
 
@@ -117,9 +118,14 @@ class MixedChain:
     :class:`DecodeContext` given to :meth:`reset` is split to the groups: padding, prompt lengths, generators,
     live rows). Rows keep their group when a search reorders, forks or drops them.
 
+    Rows that join (:class:`~decoders.events.RowsAdded`) go to the group of their strategy (``Row.group``), or to
+    a new group whose chain is built from ``Row.strategy`` (also when the group's chain cannot take rows that
+    join: a stateful processor of the older protocol); groups whose rows have all left are let go.
+
     Args:
         chains: one chain per group.
         groups: the batch rows of each group (every row in exactly one group).
+        keys: each group's strategy key (rows that join with that key go to its group); default: none.
 
     Example:
         >>> from decoders.processors import TopK
@@ -129,15 +135,17 @@ class MixedChain:
         tensor([1, 0, 1])
     """
 
-    def __init__(self, chains: Sequence[Chain], groups: Sequence[Sequence[int]]):
+    def __init__(self, chains: Sequence[Chain], groups: Sequence[Sequence[int]], keys: Sequence[str] | None = None):
         if len(chains) != len(groups):
             raise ValueError(f"got {len(chains)} chains for {len(groups)} row groups: pass one chain per group")
         rows = sorted(row for group in groups for row in group)
         if rows != list(range(len(rows))):
             raise ValueError(f"the row groups must hold each row 0 … n-1 exactly once, got {list(map(list, groups))}")
         self.chains = list(chains)
+        self.keys = list(keys) if keys is not None else [f"group {index}" for index in range(len(chains))]
         self.rows = len(rows)
         self.device = torch.device("cpu")
+        self._shared = DecodeContext()  # the fields every group's context shares (set by reset)
         self._set_groups([list(group) for group in groups])
         self.context = MixedContext(self)
 
@@ -185,6 +193,7 @@ class MixedChain:
     def reset(self, context: DecodeContext | None = None) -> None:
         """Start a new generation: each group's chain gets the context with its own rows' per-row fields."""
         context = context or DecodeContext()
+        self._shared = DecodeContext(context.prompt_length, context.eos_token_ids, context.tokenizer)
         for group, chain in enumerate(self.chains):
             rows = self.group_rows[group]
             fields = {name: getattr(context, name) for name in ("prompt_length", "eos_token_ids", "tokenizer")}
@@ -205,6 +214,9 @@ class MixedChain:
         if logits.device != self.device:
             self.device = logits.device
             self._set_groups(self.group_rows)
+        whole = self._whole()
+        if whole is not None:  # one group holds every row, in order: its chain's scores are the batch's
+            return self.chains[whole].run(input_ids, logits, observer)
         parts, rows, stages = [], [], [] if observer is not None else None
         for group in self._active():
             group_logits = self._take(logits, group)
@@ -225,8 +237,17 @@ class MixedChain:
         """Processed scores of every row, dense ``[B, V]``."""
         return self.run(input_ids, logits).to_dense()
 
-    def choose(self, scores: MixedScores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
+    def _whole(self) -> int | None:
+        """The group that holds every row in batch order, if one does."""
+        active = self._active()
+        if len(active) == 1 and self._slices[active[0]] == slice(0, self.rows):
+            return active[0]
+        return None
+
+    def choose(self, scores: MixedScores | Scores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
         """Each group's selector on its rows' scores: ids ``[B]``."""
+        if not isinstance(scores, MixedScores):  # one group's scores (see run)
+            return self.chains[self._whole()].choose(scores, generators)
         tokens = [
             self.chains[group].choose(part, self._split(generators, group))
             for group, part in zip(self._active(), scores.parts)
@@ -239,14 +260,45 @@ class MixedChain:
         """Process ``logits`` and pick one token per row: ids ``[B]``."""
         return self.choose(self.run(input_ids, logits), generators)
 
+    def update(self, event) -> None:
+        """Follow a change of the batch's rows: each group gets the part of the event about its own rows."""
+        if isinstance(event, RowsSelected):
+            self._select(event)
+        elif isinstance(event, RowsAdded):
+            self._add(event)
+        elif isinstance(event, TokensAccepted):
+            for group in self._active():
+                self.chains[group].update(TokensAccepted(self._take(event.tokens, group)))
+        elif isinstance(event, RowsRewound):
+            for group in self._active():
+                counts = tuple(self._split(event.counts, group))
+                if any(counts):
+                    self.chains[group].update(RowsRewound(counts))
+        elif isinstance(event, RowsFinished):
+            finished = set(event.rows)
+            for group in self._active():
+                local = tuple(i for i, row in enumerate(self.group_rows[group]) if row in finished)
+                if local:
+                    self.chains[group].update(RowsFinished(local, len(self.group_rows[group])))
+        elif isinstance(event, RowsWidened):
+            self._shared.prompt_length += event.columns
+            for chain in self.chains:
+                chain.update(event)
+
     def accept(self, tokens: torch.LongTensor) -> None:
         """Tell each group's processors the tokens its rows were just given."""
-        for group in self._active():
-            self.chains[group].accept(self._take(tokens, group))
+        self.update(TokensAccepted(tokens))
 
     def reorder(self, rows: torch.LongTensor) -> None:
         """Row i of the next step continues old row ``rows[i]`` (in its group): every group follows its rows."""
-        old = rows.tolist()
+        self.update(RowsSelected(torch.as_tensor(rows, dtype=torch.long), ()))
+
+    def rollback(self, counts: Sequence[int]) -> None:
+        """Each group's processors forget the last ``counts[i]`` tokens of its rows."""
+        self.update(RowsRewound(tuple(int(c) for c in counts)))
+
+    def _select(self, event: RowsSelected) -> None:
+        old = event.indices.tolist()
         owner: dict[int, tuple[int, int]] = {}
         for group, members in enumerate(self.group_rows):
             for local, row in enumerate(members):
@@ -259,13 +311,45 @@ class MixedChain:
             local_rows[group].append(local)
         for group, chain in enumerate(self.chains):
             if local_rows[group] and local_rows[group] != list(range(len(self.group_rows[group]))):
-                chain.reorder(torch.as_tensor(local_rows[group], dtype=torch.long, device=rows.device))
-        self._set_groups(new_groups)
+                rows = tuple(event.rows[i] for i in new_groups[group]) if event.rows else ()
+                chain.update(RowsSelected(torch.as_tensor(local_rows[group], dtype=torch.long), rows))
+            elif local_rows[group] and event.rows:  # same rows, but a fork may have given them rows of their own
+                chain.context.follow(RowsSelected(torch.arange(len(local_rows[group])), tuple(event.rows[i] for i in new_groups[group])))
+        kept = [group for group, rows in enumerate(new_groups) if rows or not event.rows]
+        self.chains, self.keys = [self.chains[g] for g in kept], [self.keys[g] for g in kept]
+        self._set_groups([new_groups[g] for g in kept])
 
-    def rollback(self, counts: Sequence[int]) -> None:
-        """Each group's processors forget the last ``counts[i]`` tokens of its rows."""
-        for group in self._active():
-            self.chains[group].rollback(self._split(counts, group))
+    def _add(self, event: RowsAdded) -> None:
+        """Rows that join go to their strategy's group (a new group when there is none that can take them)."""
+        padding = list(event.padding) or [0] * len(event.rows)
+        joining: dict[int, list[int]] = {}  # group → indices into event.rows
+        for index, row in enumerate(event.rows):
+            group = next(
+                (g for g, key in enumerate(self.keys) if key == row.group and all(
+                    p.supports("add") for p in self.chains[g].processors
+                ) and (g in joining or self.group_rows[g])),
+                None,
+            )  # fmt: skip
+            if group is None:
+                chain = row.strategy.build()
+                chain.reset(
+                    DecodeContext(
+                        self._shared.prompt_length, self._shared.eos_token_ids, self._shared.tokenizer,
+                        generators=None, padding=[], prompt_lengths=[],
+                    )  # fmt: skip
+                )
+                self.chains.append(chain)
+                self.keys.append(row.group)
+                self.group_rows.append([])
+                group = len(self.chains) - 1
+            joining.setdefault(group, []).append(index)
+        groups = [list(rows) for rows in self.group_rows]
+        for group, indices in joining.items():
+            start = len(groups[group])
+            rows = tuple(event.rows[i] for i in indices)
+            self.chains[group].update(RowsAdded(rows, start, tuple(padding[i] for i in indices)))
+            groups[group] += [event.start + i for i in indices]
+        self._set_groups(groups)
 
     def require(self, methods: Sequence[str], search: str) -> None:
         """Refuse a stateful processor, in any group, that lacks a state method ``search`` will call."""

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import huggingface_hub
 import huggingface_hub.utils
@@ -49,7 +49,7 @@ from transformers import (
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from transformers.utils import logging as transformers_logging
 
-from decoders.errors import ModelLoadError
+from decoders.errors import GenerationError, ModelLoadError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
 EMBEDDED_ALIASES = ("default", "smollm2")
@@ -135,6 +135,37 @@ class LoadedModel:
     def vocab_size(self) -> int:
         """The width of the model's logits (may exceed ``len(tokenizer)`` when the embedding is padded)."""
         return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+def resolve_model(model: Any) -> LoadedModel:
+    """The model a call names: None (the embedded default), a name or folder or ``.gguf`` file (loaded with
+    :func:`load_model`), a :class:`LoadedModel`, or a ``(model, tokenizer)`` pair of any causal LM with the keyword
+    interface of :mod:`decoders.session` and its tokenizer.
+
+    Raises:
+        GenerationError: ``model`` is none of these.
+        ModelLoadError: a named model could not be loaded.
+
+    Example:
+        >>> resolve_model((model, tokenizer)).eos_token_ids  # doctest: +SKIP
+        (0,)
+    """
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return load_model(None if model is None else str(model))
+    if isinstance(model, tuple) and len(model) == 2:
+        if not callable(model[0]) or not hasattr(model[1], "decode"):
+            raise GenerationError(
+                "a (model, tokenizer) tuple needs a causal LM first and its tokenizer second; got "
+                f"({type(model[0]).__name__}, {type(model[1]).__name__})"
+            )
+        name = getattr(getattr(model[0], "config", None), "name_or_path", "") or type(model[0]).__name__
+        return LoadedModel(model[0], model[1], name, "given as a (model, tokenizer) pair")
+    if hasattr(model, "model") and hasattr(model, "tokenizer"):
+        return model
+    raise GenerationError(
+        f"model must be None (the embedded default), a model name or folder, a LoadedModel, or a (model, tokenizer) "
+        f"tuple; got {type(model).__name__}"
+    )
 
 
 def load_model(

@@ -301,6 +301,9 @@ class Strategy(BaseModel):
             ignored += [f"{k} (num_beams is 1)" for k in _BEAM_FIELDS if k in fields and k != "num_return_sequences"]
             if fields.get("num_return_sequences", 1) > 1:
                 ignored.append("num_return_sequences (without beams; generate one call per sample instead)")
+            if fields.get("dola_layers") is not None:  # transformers runs DoLa over greedy search or sampling only
+                search = {"kind": "dola", "dola_layers": fields["dola_layers"]}
+                ignored = [name for name in ignored if name != "dola_layers"]
         if ignored:
             message = f"GenerationConfig fields not supported by decoders, ignored: {', '.join(ignored)}"
             if strict:

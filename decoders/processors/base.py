@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from decoders.events import RowsAdded, RowsFinished, RowsRewound, RowsSelected, RowsWidened, TokensAccepted
+
 #: the value of a removed token
 NEG_INF = float("-inf")
 
@@ -114,6 +116,34 @@ class DecodeContext:
     prompt_lengths: list[int] | None = None
     live: torch.Tensor | None = None
 
+    def follow(self, event: Any) -> None:
+        """Keep the per-row fields in step with a batch event (:mod:`decoders.events`)."""
+        if isinstance(event, RowsSelected):
+            self.select_rows(event.indices.tolist())
+            if event.rows and (self.generators is not None or any(row.generator is not None for row in event.rows)):
+                self.generators = [row.generator for row in event.rows]
+        elif isinstance(event, RowsAdded):
+            rows = event.rows
+            before = event.start
+            if self.generators is not None or any(row.generator is not None for row in rows):
+                self.generators = (self.generators or [None] * before) + [row.generator for row in rows]
+            padding = list(event.padding) or [0] * len(rows)
+            if self.padding is not None or any(padding):
+                self.padding = (self.padding or [0] * before) + padding
+            if self.prompt_lengths is not None or before == 0:
+                self.prompt_lengths = (self.prompt_lengths or []) + [len(row.prompt_ids) for row in rows]
+            if self.live is not None:
+                self.live = torch.cat([self.live, self.live.new_ones(len(rows))])
+        elif isinstance(event, RowsFinished):
+            if self.live is None:
+                self.live = torch.ones(event.size, dtype=torch.bool)
+            self.live = self.live.clone()
+            self.live[list(event.rows)] = False
+        elif isinstance(event, RowsWidened):
+            self.prompt_length += event.columns
+            if self.padding is not None:
+                self.padding = [pad + event.columns for pad in self.padding]
+
     def select_rows(self, rows: list[int]) -> None:
         """Follow a change of rows: row i now continues old row ``rows[i]`` (per-row fields are reindexed)."""
         if self.padding is not None:
@@ -171,11 +201,18 @@ class Processor(Component):
 
     The state protocol: a processor that derives everything from ``input_ids`` (and its context) is
     stateless and needs none of it. A processor with memory per row between steps (mirostat's μ, a grammar
-    matcher) is *stateful*: it overrides :meth:`accept` (which is how :attr:`stateful` recognises it), and
-    overrides :meth:`reorder` to follow searches that fork, reorder or drop rows (beam search), and
-    :meth:`rollback` to forget accepted tokens again (speculative decoding accepts drafted tokens, then takes
-    back the rejected ones). A search that will call a protocol method refuses, when the chain is built, a
-    stateful processor that lacks it. :attr:`DecodeContext.live` says which rows are still generating.
+    matcher) is *stateful*: it overrides :meth:`update`, which receives every change of the batch's rows as one
+    event of :mod:`decoders.events` — :class:`~decoders.events.TokensAccepted` (the tokens the rows were given),
+    :class:`~decoders.events.RowsSelected` (row i continues old row ``indices[i]``: forks, reorders, drops),
+    :class:`~decoders.events.RowsAdded` (requests joining a running batch), :class:`~decoders.events.RowsRewound`
+    (speculative decoding takes back rejected drafts), :class:`~decoders.events.RowsFinished` and
+    :class:`~decoders.events.RowsWidened`; the context's per-row fields are already updated when it is called.
+
+    The older protocol still works: a processor that overrides :meth:`accept` (and :meth:`reorder`,
+    :meth:`rollback`) instead of :meth:`update` gets those calls from the default :meth:`update`; it cannot
+    follow rows that join (such a chain gets rows of one start only: the engine gives later requests a chain of
+    their own). A search refuses, when the chain is built, a stateful processor that lacks a method it needs.
+    :attr:`DecodeContext.live` says which rows are still generating.
     """
 
     #: whether :meth:`process_candidates` is implemented
@@ -207,6 +244,16 @@ class Processor(Component):
         """Start a new generation (clear any state). Default: remember the context."""
         self.context = context
 
+    def update(self, event: Any) -> None:
+        """Follow one change of the batch's rows (an event of :mod:`decoders.events`); stateless processors need
+        nothing. Default: the older protocol's :meth:`accept`, :meth:`reorder` and :meth:`rollback`."""
+        if isinstance(event, TokensAccepted):
+            self.accept(event.tokens)
+        elif isinstance(event, RowsSelected):
+            self.reorder(event.indices)
+        elif isinstance(event, RowsRewound):
+            self.rollback(list(event.counts))
+
     def accept(self, tokens: torch.LongTensor) -> None:
         """Observe the tokens ``[B]`` just selected (for stateful processors). Default: nothing."""
 
@@ -221,13 +268,15 @@ class Processor(Component):
 
     @property
     def stateful(self) -> bool:
-        """Whether this processor keeps per-row memory between steps (it overrides :meth:`accept`)."""
-        return type(self).accept is not Processor.accept
+        """Whether this processor keeps per-row memory between steps (it overrides :meth:`update` or :meth:`accept`)."""
+        return type(self).update is not Processor.update or type(self).accept is not Processor.accept
 
     def supports(self, method: str) -> bool:
-        """Whether the state protocol's ``method`` (``"reorder"``, ``"rollback"``) is safe to call: implemented,
-        or not needed."""
-        return not self.stateful or getattr(type(self), method) is not getattr(Processor, method)
+        """Whether the rows can change in the way ``method`` names (``"reorder"``, ``"rollback"``, ``"add"``): the
+        processor is stateless, implements :meth:`update`, or implements that method of the older protocol."""
+        if not self.stateful or type(self).update is not Processor.update:
+            return True
+        return method != "add" and getattr(type(self), method) is not getattr(Processor, method)
 
     def __call__(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         return self.process(input_ids, logits)

@@ -4,6 +4,7 @@ from decoders.searches.base import LogprobBuffer, Outcome, RowTracker, Search, S
 from decoders.searches.beam import BeamConfig, BeamSearch
 from decoders.searches.best_of import BestOfConfig, BestOfSearch
 from decoders.searches.contrastive import ContrastiveConfig, ContrastiveSearch
+from decoders.searches.dola import DolaConfig, DolaSearch
 from decoders.searches.single import SingleConfig, SingleSearch
 from decoders.searches.speculative import SpeculativeConfig, SpeculativeSearch
 from decoders.searches.stochastic_beam import StochasticBeamConfig, StochasticBeamSearch
@@ -15,6 +16,8 @@ __all__ = [
     "BestOfSearch",
     "ContrastiveConfig",
     "ContrastiveSearch",
+    "DolaConfig",
+    "DolaSearch",
     "LogprobBuffer",
     "Outcome",
     "RowTracker",

@@ -104,14 +104,14 @@ class BeamSearch(Search):
         return length
 
     def run(self, job: SearchJob) -> SearchRun:
-        yield from ()  # nothing to stream: a prompt's hypotheses are decided at its end
-        session, chain, groups, beams = job.session, job.chain, self.num_beam_groups, self.group_size
+        session, chain, batch = job.session, job.chain, job.batch
+        groups, beams = self.num_beam_groups, self.group_size
         device, prompts = session.device, session.rows
         logits = session.forward().logits
         vocab = logits.shape[-1]
+        prompt_generators = job.generators  # one per prompt (its beams share it)
         fork = torch.arange(prompts, device=device).repeat_interleave(groups * beams)
-        session.select(fork)
-        chain.reorder(fork)
+        batch.select(fork)
         logits = logits.index_select(0, fork)
         # a unit is one group of one prompt (unit = prompt · groups + group), with `beams` rows in the session
         units = prompts * groups
@@ -125,6 +125,8 @@ class BeamSearch(Search):
         buffer = (
             LogprobBuffer(units * beams, job.max_new_tokens, job.logprobs, device) if job.logprobs is not None else None
         )
+        if buffer is not None:
+            batch.follow(buffer)
         traces: list[list[BeamStepRecord]] | None = [[] for _ in range(prompts)] if job.trace else None
         for step in range(job.max_new_tokens):
             length = step + 1
@@ -146,7 +148,7 @@ class BeamSearch(Search):
                         live, members, chosen_tokens, vocab
                     )
                 totals = (scores + running[index].unsqueeze(-1)).view(len(members), beams * vocab)
-                generators = None if job.generators is None else [job.generators[live[i] // groups] for i in members]
+                generators = None if prompt_generators is None else [prompt_generators[live[i] // groups] for i in members]
                 picks = chain.selector.select_many(totals, keep, generators)
                 pick_scores = totals.gather(1, picks)
                 parents = picks // vocab + index.unsqueeze(-1) * beams  # session rows
@@ -171,18 +173,15 @@ class BeamSearch(Search):
                 chosen_rows[index] = parents.gather(1, order)
                 chosen_tokens[index] = tokens.gather(1, order)
             rows, new_tokens = chosen_rows.flatten(), chosen_tokens.flatten()
+            batch.select(rows)
             if buffer is not None:
-                buffer.select(rows)
                 buffer.write(
                     step,
                     *LogprobBuffer.measure(
                         log_probs[rows], processed.view(-1, vocab)[rows], new_tokens, buffer.n, normalised=True
                     ),
                 )
-            session.select(rows)
-            chain.reorder(rows)
-            session.append(new_tokens)
-            chain.accept(new_tokens)
+            batch.append(new_tokens)
             if last:
                 break
             stay = self._update_done(pools, improvable, live, running, length, job.max_new_tokens)
@@ -190,14 +189,12 @@ class BeamSearch(Search):
                 rows = (
                     torch.tensor(stay, device=device).unsqueeze(-1) * beams + torch.arange(beams, device=device)
                 ).flatten()
-                session.select(rows)
-                chain.reorder(rows)
-                if buffer is not None:
-                    buffer.select(rows)
+                batch.select(rows)
                 running = running[stay]
                 live = [live[i] for i in stay]
                 if not live:
                     break
+            yield []  # nothing to stream: a prompt's hypotheses are decided at its end
         outcomes = []
         for prompt in range(prompts):
             # every group's finished hypotheses, best first (stable: earlier groups win ties)

@@ -21,6 +21,7 @@ from decoders.errors import StrategyError
 from decoders.results import Hypothesis
 from decoders.searches.base import Outcome, Search, SearchJob, SearchRun
 from decoders.searches.single import SingleSearch
+from decoders.text import RowText
 from decoders.selectors import Greedy
 
 RankBy = Literal["sum", "mean"]
@@ -66,39 +67,40 @@ class BestOfSearch(Search):
             )
 
     def run(self, job: SearchJob) -> SearchRun:
-        yield from ()  # nothing to stream: the best sample is known at the end
-        session, chain, n = job.session, job.chain, self.n
-        prompts = session.rows
+        session, batch, n = job.session, job.batch, self.n
+        prompts = len(batch)
         logits = session.forward().logits
-        rows = torch.arange(prompts, device=session.device).repeat(n)
-        session.select(rows)
-        chain.reorder(rows)
-        generators = None
-        if job.generators is not None:
-            generators = [
-                torch.Generator().manual_seed(g.initial_seed() + j * prompts) for j in range(n) for g in job.generators
-            ]
-            chain.context.generators = generators
-        samples = _finish(SingleSearch().run(dataclasses.replace(job, generators=generators), logits[rows]))
-        outcomes = []
+        index = torch.arange(prompts).repeat(n)
+        # sample j of prompt i is row j · prompts + i, with a generator of its own
+        samples = [
+            dataclasses.replace(
+                row, origin=j * prompts + row.origin, tokens=[], records=[], text=None if row.text is None else RowText(row.text.tokenizer, row.text.stops),
+                generator=None if row.generator is None else torch.Generator().manual_seed(
+                    row.generator.initial_seed() + j * prompts
+                ),
+            )  # fmt: skip
+            for j in range(n)
+            for row in batch.rows
+        ]
+        batch.select(index, samples)
+        run = SingleSearch().run(job, logits[index.to(logits.device)])
+        while True:  # each step of the samples, shown as none: the best sample is known at the end
+            try:
+                next(run)
+            except StopIteration as stop:
+                outcomes = stop.value
+                break
+            yield []
+        results = []
         for prompt in range(prompts):
-            mine = [samples[j * prompts + prompt] for j in range(n)]
+            mine = [outcomes[j * prompts + prompt] for j in range(n)]
             order = sorted(range(n), key=lambda j: -ranking_score(mine[j].hypotheses[0], self.rank_by))
             ranked = [
                 mine[j].hypotheses[0].model_copy(update={"score": ranking_score(mine[j].hypotheses[0], self.rank_by)})
                 for j in order
             ]
-            outcomes.append(Outcome(ranked, steps=mine[order[0]].steps))
-        return outcomes
-
-
-def _finish(run: SearchRun) -> list[Outcome]:
-    """Run a search to its end, ignoring its step events; its outcomes."""
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
+            results.append(Outcome(ranked, steps=mine[order[0]].steps))
+        return results
 
 
 class BestOfConfig(SearchConfig):

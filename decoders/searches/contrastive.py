@@ -18,11 +18,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from decoders.chain import Chain
 from decoders.config import SearchConfig
-from decoders.errors import StrategyError
 from decoders.searches.base import RowTracker, Search, SearchJob, SearchRun, dense_scores
-from decoders.selectors import Greedy
 
 
 def degeneration_penalty(candidates: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -52,33 +49,28 @@ class ContrastiveSearch(Search):
     """
 
     per_row_chains = True
+    selectors = ("greedy",)
+    selectors_reason = "contrastive search picks tokens by its own score, deterministically"
 
     def __init__(self, penalty_alpha: float = 0.6, top_k: int = 4):
         self.penalty_alpha = penalty_alpha
         self.top_k = top_k
 
-    def check(self, chain: Chain) -> None:
-        super().check(chain)
-        if not isinstance(chain.selector, Greedy):
-            raise StrategyError(
-                f"contrastive search picks tokens by its own score, deterministically: use the 'greedy' selector, "
-                f"not '{chain.selector.kind}'"
-            )
-
     def run(self, job: SearchJob) -> SearchRun:
-        session, chain, k, alpha = job.session, job.chain, self.top_k, self.penalty_alpha
+        session, chain, batch, k, alpha = job.session, job.chain, job.batch, self.top_k, self.penalty_alpha
         rows, device = session.rows, session.device
-        tracker = RowTracker(job, rows)
+        tracker = RowTracker(job)
         first = session.forward(all_hidden=True)
         logits, context = first.logits, first.hidden
         valid = torch.arange(session.length, device=device).unsqueeze(0) >= torch.tensor(
             session.padding, device=device
         ).unsqueeze(-1)
         every_row = torch.arange(rows, device=device)
-        for step in range(job.max_new_tokens):
+        while True:
             stages, observer = tracker.observer(logits)
             scores = chain.run(session.ids, logits, observer)
             top_probs, top_ids = torch.topk(dense_scores(scores).softmax(dim=-1), k, dim=-1)
+            # the candidates are tentative rows of the model only: k copies of each row, then the best one
             session.select(every_row.repeat_interleave(k))
             session.append(top_ids.flatten())
             candidates = session.forward(hidden=True)
@@ -87,15 +79,16 @@ class ContrastiveSearch(Search):
             best = contrast.masked_fill(top_probs == 0, float("-inf")).argmax(dim=-1)  # never a removed token
             session.select(every_row * k + best)
             tokens = tracker.hold_finished(top_ids.gather(1, best.unsqueeze(-1)).squeeze(-1))
-            chain.accept(tokens)
-            yield tracker.record(step, logits, scores, tokens, stages)
+            batch.accept(tokens)
+            yield tracker.record(logits, scores, tokens, stages)
             if tracker.done:
                 break
             context = torch.cat([context, hidden[every_row, best].unsqueeze(1)], dim=1)
             valid = torch.cat([valid, valid.new_ones((rows, 1))], dim=1)
             logits = candidates.logits.view(rows, k, -1)[every_row, best]
-            kept = tracker.leave(session)
-            if kept is not None:  # finished rows left the batch
+            kept = tracker.leave()
+            if kept is not None:  # finished rows left the batch: the search's own per-row tensors follow
+                kept = kept.to(device)
                 context, valid, logits = context[kept], valid[kept], logits[kept]
                 rows = len(kept)
                 every_row = torch.arange(rows, device=device)

@@ -28,10 +28,12 @@ from pydantic import Field, field_serializer, field_validator, model_validator
 from decoders.chain import Scores
 from decoders.config import SearchConfig
 from decoders.errors import DecodersError, GenerationError, StrategyError
-from decoders.results import FinishReason, Hypothesis, StepEvent, StepLogprobs
+from decoders.batch import row_end
+from decoders.results import FinishReason, Hypothesis, StepLogprobs
 from decoders.searches.base import (
     LogprobBuffer,
     Outcome,
+    RowStep,
     Search,
     SearchJob,
     SearchRun,
@@ -40,7 +42,7 @@ from decoders.searches.base import (
     processed_log_probs,
     step_logprobs,
 )
-from decoders.selectors import Greedy, Sample
+from decoders.selectors import Sample
 from decoders.session import ModelSession
 from decoders.trace import DraftRecord, SpeculationStats, StepRecord
 
@@ -133,12 +135,9 @@ class _Row:
         text = self.text
         if text is not None:
             text.push(token)
-        if token in job.eos_token_ids:
-            self.reason, self.finished = "eos", True
-        elif text is not None and text.stop_at is not None:
-            self.reason, self.finished = "stop", True
-        elif len(self.tokens) >= job.max_new_tokens:
-            self.reason, self.finished = "length", True
+        reason = row_end(token, job.eos_token_ids, text, len(self.tokens), job.max_new_tokens)
+        if reason is not None:
+            self.reason, self.finished = reason, True
         if text is None:
             return ""
         if self.finished and self.reason != "stop":
@@ -177,6 +176,8 @@ class SpeculativeSearch(Search):
     """
 
     requires = ("reorder", "rollback")
+    selectors = ("greedy", "sample")
+    selectors_reason = "the 'speculative' search verifies drafts for the greedy or the sample selector"
 
     def __init__(
         self,
@@ -208,23 +209,15 @@ class SpeculativeSearch(Search):
         self.num_assistant_tokens_schedule = num_assistant_tokens_schedule
         self._assistant: Any = None
 
-    def check(self, chain) -> None:
-        super().check(chain)
-        if not isinstance(chain.selector, Greedy | Sample):
-            raise StrategyError(
-                f"the 'speculative' search verifies drafts for the greedy or the sample selector; "
-                f"'{chain.selector.kind}' is neither: use one of them, or the 'single' search"
-            )
-
     # ---- the draft model -------------------------------------------------------------------------------
 
     def _draft_model(self, job: SearchJob) -> Any:
         """The loaded draft model (loaded once per search), checked against the target's vocabulary."""
         if self._assistant is None:
-            from decoders.driver import _resolve_model
+            from decoders.models import resolve_model
 
             try:
-                loaded = _resolve_model(self.assistant_model)
+                loaded = resolve_model(self.assistant_model)
             except DecodersError as error:
                 raise GenerationError(f"assistant_model: {error}") from None
             model = loaded.model
@@ -251,6 +244,7 @@ class SpeculativeSearch(Search):
         session, chain = job.session, job.chain
         sampling = isinstance(chain.selector, Sample)
         generators = list(job.generators) if job.generators is not None else None
+        origins = list(job.batch.rows)
         prompts = [session.ids[row, pad:].tolist() for row, pad in enumerate(session.padding)]
         budget = self.prompt_lookup_num_tokens or self.num_assistant_tokens
         rows = [_Row(job, index, prompt, budget) for index, prompt in enumerate(prompts)]
@@ -259,45 +253,45 @@ class SpeculativeSearch(Search):
         draft = None
         if self.assistant_model is not None:
             draft = ModelSession(self._draft_model(job), prompts, session.pad_id, job.max_new_tokens)
+            job.batch.follow(draft)  # the draft model's rows leave with the target's
 
         # the prompts: the first token is chosen as the single search would
         logits = session.forward().logits
         if draft is not None:
             self._check_vocabulary(logits, draft.forward().logits)
-        yield self._first_token(job, rows, logits, draft)
+        chosen, texts = self._first_token(job, rows, logits, draft)
+        yield [RowStep(origins[i], chosen[i], texts[i], rows[i].finished) for i in live]
         step = 1
         while True:
-            live = self._drop_finished(job, rows, live, draft)
+            live = self._drop_finished(job, rows, live)
             if not live:
                 break
-            yield self._step(job, rows, live, draft, sampling, generators, step)
+            token_ids, texts = self._step(job, rows, live, draft, sampling, generators, step)
+            yield [RowStep(origins[i], token_ids[i], texts[i], rows[i].finished) for i in live]
             step += 1
         return [Outcome([row.hypothesis(job)], steps=row.records) for row in rows]
 
-    def _first_token(self, job: SearchJob, rows: list[_Row], logits: torch.Tensor, draft: ModelSession | None) -> StepEvent:
+    def _first_token(self, job: SearchJob, rows: list[_Row], logits: torch.Tensor, draft: ModelSession | None):
+        """The first token of every row, chosen as the single search would: ``(tokens, texts)``."""
         session, chain = job.session, job.chain
         stages, observer = self._observer(job, logits)
         scores = chain.run(session.ids, logits, observer)
         tokens = chain.choose(scores, job.generators)
-        chain.accept(tokens)
-        session.append(tokens)
+        job.batch.append(tokens)
         if draft is not None:
             draft.append(tokens.to(draft.device))
         chosen = tokens.tolist()
         measured = self._measure(job, logits, scores, tokens, list(range(len(rows))), stages)
         texts = [row.commit(job, token, measured[index]) for index, (row, token) in enumerate(zip(rows, chosen))]
-        return StepEvent(0, chosen, texts, [row.finished for row in rows])
+        return chosen, texts
 
-    def _drop_finished(self, job: SearchJob, rows: list[_Row], live: list[int], draft: ModelSession | None) -> list[int]:
-        """Finished rows leave the batch (model session, draft session, chain); returns the live rows."""
-        keep = [index for index, row in enumerate(live) if not rows[row].finished]
-        if len(keep) < len(live) and keep:
-            index = torch.tensor(keep, dtype=torch.long, device=job.session.device)
-            job.session.select(index)
-            if draft is not None:
-                draft.select(index.to(draft.device))
-            job.chain.reorder(index)
-        return [live[index] for index in keep]
+    def _drop_finished(self, job: SearchJob, rows: list[_Row], live: list[int]) -> list[int]:
+        """Finished rows leave the batch (model session, draft session, chain follow it); returns the live rows."""
+        ended = [index for index, row in enumerate(live) if rows[row].finished]
+        if ended and len(ended) < len(live):
+            job.batch.finish(ended, [rows[live[index]].reason for index in ended])
+            job.batch.drop_finished()
+        return [row for row in live if not rows[row].finished]
 
     def _observer(self, job: SearchJob, logits: torch.Tensor):
         if not job.trace:
@@ -315,7 +309,7 @@ class SpeculativeSearch(Search):
             ids[index, padding[index] :] = torch.tensor(sequence, dtype=torch.long)
         return ids.to(job.session.device), padding
 
-    def _step(self, job, rows, live, draft, sampling, generators, step) -> StepEvent:
+    def _step(self, job, rows, live, draft, sampling, generators, step) -> tuple[list, list[str]]:
         session, chain = job.session, job.chain
         batch = len(live)
         history, padding = self._history(job, rows, live)
@@ -364,12 +358,12 @@ class SpeculativeSearch(Search):
             measured = self._measure(job, step_logits, scores, tokens, takers, stages)
             for index in takers:
                 committed[index].append((int(tokens[index]), measured[index]))
-            chain.accept(tokens.to(session.device))  # rows that stopped before take theirs back below
+            job.batch.accept(tokens.to(session.device))  # rows that stopped before take theirs back below
             accepts += 1
             if all(stopped):
                 break
 
-        chain.rollback([accepts - len(committed[index]) for index in range(batch)])
+        job.batch.rewind([accepts - len(committed[index]) for index in range(batch)])
         corrections = torch.tensor(own, dtype=torch.long, device=session.device)
         session.rewind([width - accepted[index] for index in range(batch)])
         session.append(corrections)
@@ -399,7 +393,7 @@ class SpeculativeSearch(Search):
                 token_ids[row_index] = token
                 if row.finished:
                     break
-        return StepEvent(step, token_ids, texts, [row.finished for row in rows])
+        return token_ids, texts
 
     def _draft(self, job, draft: ModelSession, history, limits, sampling, row_generators):
         """Run the draft model ``max(limits)`` times: drafts ``[R, D]``, their processed distributions (sampling)."""
@@ -421,9 +415,9 @@ class SpeculativeSearch(Search):
             else:
                 tokens = chain.choose(scores)
             drafts[:, position] = tokens
-            chain.accept(tokens)
+            job.batch.accept(tokens)
             draft.append(tokens.to(draft.device))  # the model sees it at the next position (the last: next step)
-        chain.rollback([width] * batch)
+        job.batch.rewind([width] * batch)
         counts = [max(limit, 0) for limit in limits]
         return drafts, (torch.stack(probs, dim=1) if sampling and probs else None), counts
 

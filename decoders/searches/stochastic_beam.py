@@ -22,12 +22,10 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from decoders.chain import Chain
 from decoders.config import SearchConfig
-from decoders.errors import StrategyError
 from decoders.results import Hypothesis
 from decoders.searches.base import LogprobBuffer, Outcome, Search, SearchJob, SearchRun
-from decoders.selectors import Sample, row_gumbels
+from decoders.selectors import row_gumbels
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -63,33 +61,27 @@ class StochasticBeamSearch(Search):
     streams = False
     stop_strings = False
     samples = True
+    selectors = ("sample",)
+    selectors_reason = "stochastic beam search samples sequences"
 
     def __init__(self, num_beams: int, num_return_sequences: int | None = None):
         self.num_beams = num_beams
         self.num_return_sequences = num_return_sequences or num_beams
 
-    def check(self, chain: Chain) -> None:
-        super().check(chain)
-        if not isinstance(chain.selector, Sample):
-            raise StrategyError(
-                f"stochastic beam search samples sequences: use the 'sample' selector, not '{chain.selector.kind}'"
-            )
-
     def run(self, job: SearchJob) -> SearchRun:
-        yield from ()  # nothing to stream: the sample is known at the end
-        session, chain, k = job.session, job.chain, self.num_beams
+        session, chain, batch, k = job.session, job.chain, job.batch, self.num_beams
         prompts, device, start = session.rows, session.device, session.prompt_width
         logits = session.forward().logits
+        generators = job.generators  # one per prompt (its hypotheses share it)
         fork = torch.arange(prompts, device=device).repeat_interleave(k)
-        session.select(fork)
-        chain.reorder(fork)
+        batch.select(fork)
         logits = logits.index_select(0, fork)
         vocab = logits.shape[-1]
         phi = torch.zeros((prompts, k), dtype=torch.float64, device=device)
         gumbel = torch.full((prompts, k), float("-inf"), dtype=torch.float64, device=device)
         # one root per prompt, perturbed by a Gumbel of its own (so that κ below has the distribution the estimator
         # assumes); the other slots start empty
-        gumbel[:, 0] = row_gumbels((prompts, 1), job.generators, device).double().squeeze(-1)
+        gumbel[:, 0] = row_gumbels((prompts, 1), generators, device).double().squeeze(-1)
         finished = torch.zeros((prompts, k), dtype=torch.bool, device=device)
         ended_by_eos = torch.zeros((prompts, k), dtype=torch.bool, device=device)
         lengths = torch.zeros((prompts, k), dtype=torch.long, device=device)
@@ -99,13 +91,15 @@ class StochasticBeamSearch(Search):
         buffer = (
             LogprobBuffer(prompts * k, job.max_new_tokens, job.logprobs, device) if job.logprobs is not None else None
         )
+        if buffer is not None:
+            batch.follow(buffer)
         for step in range(job.max_new_tokens):
             if step:
                 logits = session.forward().logits
             scores = chain.process(session.ids, logits)
             log_probs = scores.double().log_softmax(dim=-1)
             perturbed = log_probs + phi.view(-1, 1)  # φ of every child
-            perturbed += row_gumbels((prompts, k * vocab), job.generators, device).view(-1, vocab)
+            perturbed += row_gumbels((prompts, k * vocab), generators, device).view(-1, vocab)
             # G(c) rises with G'(c) within a hypothesis, so the k + 1 best children of a prompt are among the k + 1
             # best of each of its hypotheses: condition only those
             width = min(k + 1, vocab)
@@ -133,15 +127,13 @@ class StochasticBeamSearch(Search):
             gumbel = values
             rows = (parents + torch.arange(prompts, device=device).unsqueeze(-1) * k).flatten()
             new_tokens = tokens.masked_fill(was_finished, pad).flatten()
+            batch.select(rows)
             if buffer is not None:  # a hypothesis's steps after it finished lie past its length: never read
-                buffer.select(rows)
                 buffer.write(step, *LogprobBuffer.measure(logits[rows], scores[rows], new_tokens, buffer.n))
-            session.select(rows)
-            chain.reorder(rows)
-            session.append(new_tokens)
-            chain.accept(new_tokens)
+            batch.append(new_tokens)
             if bool(finished.all()):
                 break
+            yield []  # nothing to stream: the sample is known at the end
         outcomes = []
         for prompt in range(prompts):
             order = torch.argsort(gumbel[prompt], descending=True, stable=True).tolist()
