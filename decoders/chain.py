@@ -16,20 +16,15 @@ from decoders.errors import NonFiniteLogitsError, StrategyError
 from decoders.events import RowsRewound, RowsSelected, TokensAccepted
 from decoders.processors.base import Candidates, DecodeContext, Processor
 from decoders.processors.truncation import TopK
+from decoders.scores import Scores, to_dense
 from decoders.selectors import Selector
 
-Scores = torch.Tensor | Candidates
 #: called as ``observer(index, processor, before, after)`` for each processor, when tracing
 Observer = Callable[[int, Processor, Scores, Scores], None]
 
 
 def _values(scores: Scores) -> torch.Tensor:
     return scores.values if isinstance(scores, Candidates) else scores
-
-
-def dense(scores: Scores) -> torch.Tensor:
-    """The ``[B, V]`` scores a result of :meth:`Chain.run` stands for (a candidate set made dense)."""
-    return scores.to_dense() if isinstance(scores, Candidates) else scores
 
 
 def check_scores(scores: Scores, where: str) -> None:
@@ -93,6 +88,13 @@ class Chain:
         self.context.follow(event)
         for processor in self.processors:
             processor.update(event)
+
+    def set_padding(self, padding: Sequence[int], prompt_lengths: Sequence[int] | None = None) -> None:
+        """The left padding (and prompt lengths) of the ``input_ids`` the next runs get, per row: for a search that
+        gives the chain its rows' histories aligned otherwise than the session's columns (speculative decoding)."""
+        self.context.padding = list(padding)
+        if prompt_lengths is not None:
+            self.context.prompt_lengths = list(prompt_lengths)
 
     def accept(self, tokens: torch.LongTensor) -> None:
         """Tell every processor which tokens ``[B]`` were just selected."""
@@ -199,7 +201,7 @@ class Chain:
 
     def process(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
         """Processed scores, dense ``[B, V]`` (``-inf`` for removed tokens)."""
-        return dense(self.run(input_ids, logits))
+        return to_dense(self.run(input_ids, logits))
 
     def choose(self, scores: Scores, generators: list[torch.Generator] | None = None) -> torch.LongTensor:
         """Run the selector on processed scores (dense or candidate set)."""

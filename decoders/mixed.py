@@ -17,98 +17,15 @@ from typing import Any
 
 import torch
 
-from decoders.chain import Chain, Observer, Scores, dense
+from decoders.chain import Chain, Observer
 from decoders.errors import StrategyError
 from decoders.events import RowsAdded, RowsFinished, RowsRewound, RowsSelected, RowsWidened, TokensAccepted
 from decoders.processors.base import DecodeContext, Processor
+from decoders.scores import MixedScores, Scores
 from decoders.selectors import Selector
 
 #: the fields of a DecodeContext that hold one value per row
 PER_ROW_FIELDS = ("padding", "prompt_lengths", "generators", "live")
-
-
-@dataclass
-class MixedScores:
-    """Processed scores of a mixed batch: one part per group of rows (dense ``[b, V]`` or a candidate set).
-
-    Args:
-        parts: each group's scores, in group order.
-        rows: each group's batch rows (``[b]`` long tensors), in group order.
-        stages: when traced, each group's stages (``("model", logits)`` then one per processor).
-    """
-
-    parts: list[Scores]
-    rows: list[torch.LongTensor]
-    stages: list[list[tuple[str, Scores]]] | None = None
-
-    def to_dense(self) -> torch.Tensor:
-        """The ``[B, V]`` processed scores of every row (each group's made dense, in batch order)."""
-        parts = [dense(part) for part in self.parts]
-        out = parts[0].new_empty((sum(len(r) for r in self.rows), parts[0].shape[-1]))
-        for rows, part in zip(self.rows, parts):
-            out[rows] = part
-        return out
-
-    def gather_rows(self, per_group: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One tensor in batch order from one tensor per group (their rows in the groups' order)."""
-        first = per_group[0]
-        out = first.new_empty((sum(len(r) for r in self.rows), *first.shape[1:]))
-        for rows, values in zip(self.rows, per_group):
-            out[rows] = values
-        return out
-
-
-class MixedContext:
-    """The batch-wide view of the groups' :class:`DecodeContext` objects that searches read and write.
-
-    Reading a per-row field (``padding``, ``prompt_lengths``, ``generators``, ``live``) assembles it in batch order;
-    setting one splits it to the groups, so a search that sets ``chain.context.live`` or ``.generators`` needs no
-    change. Shared fields (``prompt_length``, ``eos_token_ids``, ``tokenizer``) are every group's.
-    """
-
-    def __init__(self, chain: MixedChain):
-        object.__setattr__(self, "_chain", chain)
-
-    def _groups(self) -> list[tuple[Chain, list[int]]]:
-        return [(group, rows) for group, rows in zip(self._chain.chains, self._chain.group_rows) if rows]
-
-    def __getattr__(self, name: str) -> Any:
-        groups = self._groups()
-        if name not in PER_ROW_FIELDS:
-            return getattr(groups[0][0].context, name)
-        values = [getattr(chain.context, name) for chain, _ in groups]
-        if all(v is None for v in values):
-            return None
-        rows = self._chain.rows
-        if name == "live":
-            out = torch.ones(rows, dtype=torch.bool, device=self._chain.device)
-            for (chain, group), value in zip(groups, values):
-                if value is not None:
-                    out[torch.as_tensor(group, device=out.device)] = value
-            return out
-        if any(v is None for v in values):
-            return None
-        out_list: list[Any] = [None] * rows
-        for (_, group), value in zip(groups, values):
-            for row, item in zip(group, value):
-                out_list[row] = item
-        return out_list
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        for chain, group in self._groups():
-            if name not in PER_ROW_FIELDS or value is None:
-                setattr(chain.context, name, value)
-            elif isinstance(value, torch.Tensor):
-                setattr(chain.context, name, value[torch.as_tensor(group, device=value.device)])
-            else:
-                setattr(chain.context, name, [value[row] for row in group])
-
-    def generated_start(self, input_ids: torch.Tensor) -> torch.Tensor | int:
-        """As :meth:`DecodeContext.generated_start`, for the whole batch."""
-        context = DecodeContext(
-            prompt_length=self.prompt_length, padding=self.padding, prompt_lengths=self.prompt_lengths
-        )
-        return context.generated_start(input_ids)
 
 
 class MixedChain:
@@ -147,7 +64,6 @@ class MixedChain:
         self.device = torch.device("cpu")
         self._shared = DecodeContext()  # the fields every group's context shares (set by reset)
         self._set_groups([list(group) for group in groups])
-        self.context = MixedContext(self)
 
     def _set_groups(self, group_rows: list[list[int]]) -> None:
         self.group_rows = group_rows
@@ -289,6 +205,13 @@ class MixedChain:
         """Tell each group's processors the tokens its rows were just given."""
         self.update(TokensAccepted(tokens))
 
+    def set_padding(self, padding: Sequence[int], prompt_lengths: Sequence[int] | None = None) -> None:
+        """The left padding (and prompt lengths) of the ``input_ids`` the next runs get, per batch row."""
+        for group, chain in enumerate(self.chains):
+            chain.set_padding(
+                self._split(padding, group), None if prompt_lengths is None else self._split(prompt_lengths, group)
+            )
+
     def reorder(self, rows: torch.LongTensor) -> None:
         """Row i of the next step continues old row ``rows[i]`` (in its group): every group follows its rows."""
         self.update(RowsSelected(torch.as_tensor(rows, dtype=torch.long), ()))
@@ -313,8 +236,6 @@ class MixedChain:
             if local_rows[group] and local_rows[group] != list(range(len(self.group_rows[group]))):
                 rows = tuple(event.rows[i] for i in new_groups[group]) if event.rows else ()
                 chain.update(RowsSelected(torch.as_tensor(local_rows[group], dtype=torch.long), rows))
-            elif local_rows[group] and event.rows:  # same rows, but a fork may have given them rows of their own
-                chain.context.follow(RowsSelected(torch.arange(len(local_rows[group])), tuple(event.rows[i] for i in new_groups[group])))
         kept = [group for group, rows in enumerate(new_groups) if rows or not event.rows]
         self.chains, self.keys = [self.chains[g] for g in kept], [self.keys[g] for g in kept]
         self._set_groups([new_groups[g] for g in kept])

@@ -73,6 +73,14 @@ class Candidates:
         dense = self.values.new_full((self.values.shape[0], self.vocab_size), float("-inf"))
         return dense.scatter_reduce(1, self.ids, self.values, reduce="amax")
 
+    def log_probs(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        """Log-probabilities ``[B, m]`` of ``token_ids [B, m]`` under the softmax of this set (``-inf`` outside it)."""
+        values = self.values.float()
+        norm = torch.logsumexp(values, dim=-1, keepdim=True)
+        hits = self.ids.unsqueeze(1) == token_ids.unsqueeze(-1)  # [B, m, k]
+        found = torch.where(hits, values.unsqueeze(1), float("-inf")).amax(dim=-1)
+        return found - norm
+
     def with_values(self, values: torch.Tensor, *, still_sorted: bool = False) -> "Candidates":
         """The same tokens with new values (sorted order is kept only if the caller says so)."""
         return Candidates(values, self.ids, self.vocab_size, self.sorted_desc and still_sorted)

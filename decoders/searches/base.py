@@ -21,16 +21,16 @@ from typing import Any
 import torch
 
 from decoders.batch import Batch, Row
-from decoders.chain import Chain, Scores
+from decoders.chain import Chain
 from decoders.errors import StrategyError
 from decoders.events import RowsAdded, RowsFinished, RowsSelected
-from decoders.mixed import MixedChain, MixedScores
-from decoders.processors.base import Candidates, Component
+from decoders.processors.base import Component
+from decoders.scores import Scores, log_probs, step_records, to_dense
 from decoders.results import FinishReason, Hypothesis, StepLogprobs, TokenLogprob
 from decoders.selectors import Selector
 from decoders.session import ModelSession
 from decoders.text import DECODE, RowText
-from decoders.trace import BeamStepRecord, StepRecord, step_records
+from decoders.trace import BeamStepRecord, StepRecord
 
 
 @dataclass
@@ -161,20 +161,10 @@ class Search(Component):
         return f"{type(self).__name__}({params})"
 
 
-def processed_log_probs(scores: Scores | MixedScores, token_ids: torch.LongTensor) -> torch.Tensor:
-    """Log-probabilities ``[R, m]`` of ``token_ids [R, m]`` under softmax(scores) (``-inf`` where removed)."""
-    if isinstance(scores, MixedScores):
-        return scores.gather_rows(
-            [processed_log_probs(part, token_ids[rows]) for part, rows in zip(scores.parts, scores.rows)]
-        )
-    if isinstance(scores, Candidates):
-        values = scores.values.float()
-        norm = torch.logsumexp(values, dim=-1, keepdim=True)
-        hits = scores.ids.unsqueeze(1) == token_ids.unsqueeze(-1)  # [R, m, k]
-        found = torch.where(hits, values.unsqueeze(1), float("-inf")).amax(dim=-1)
-        return found - norm
-    # log_softmax is one fused pass over the vocabulary; logsumexp is several (and slow when threads contend)
-    return torch.log_softmax(scores.float(), dim=-1).gather(1, token_ids)
+def processed_log_probs(scores: Scores, token_ids: torch.LongTensor) -> torch.Tensor:
+    """Log-probabilities ``[R, m]`` of ``token_ids [R, m]`` under softmax(scores) (``-inf`` where removed): the
+    processed distribution, whatever form the chain's result has (see :mod:`decoders.scores`)."""
+    return log_probs(scores, token_ids)
 
 
 class LogprobBuffer:
@@ -255,23 +245,12 @@ def step_logprobs(ids: list[int], raw: list[float], processed: list[float], job:
 
 
 def chain_step_records(
-    job: SearchJob, step: int, scores: Scores | MixedScores, stages: list | None, tokens: torch.Tensor, rows: list[int],
+    job: SearchJob, step: int, scores: Scores, stages: list | None, tokens: torch.Tensor, rows: list[int],
     top: int | None = None,
 ) -> list[StepRecord]:
     """The trace records of batch rows ``rows`` for one chain run (``row`` is the batch row): from the observer's
-    ``stages``, or, for a mixed batch, from each group's own stages (:attr:`MixedScores.stages`)."""
-    top = job.top if top is None else top
-    if not isinstance(scores, MixedScores):
-        return step_records(step, stages, tokens, job.tokenizer, rows=rows, top=top) if stages else []
-    records = []
-    wanted = set(rows)
-    for group_rows, group_stages in zip(scores.rows, scores.stages or []):
-        batch = group_rows.tolist()
-        local = [i for i, row in enumerate(batch) if row in wanted]
-        if local:
-            group = step_records(step, group_stages, tokens[group_rows], job.tokenizer, rows=local, top=top)
-            records += [r.model_copy(update={"row": batch[r.row]}) for r in group]
-    return records
+    ``stages``, or, for a mixed batch, from each group's own stages."""
+    return step_records(scores, step, stages, tokens, rows, job.tokenizer, job.top if top is None else top)
 
 
 @dataclass
@@ -489,7 +468,7 @@ class RowTracker:
         return [self._outcomes[id(row)] for row in sorted(self.kept, key=lambda row: row.origin)]
 
 
-def _can_reorder(chain: Chain | MixedChain) -> bool:
+def _can_reorder(chain: Any) -> bool:
     """Whether every processor of ``chain`` can follow rows that leave the batch."""
     try:
         chain.require(("reorder",), "single")
@@ -498,6 +477,6 @@ def _can_reorder(chain: Chain | MixedChain) -> bool:
     return True
 
 
-def dense_scores(scores: Scores | MixedScores) -> torch.Tensor:
+def dense_scores(scores: Scores) -> torch.Tensor:
     """The ``[R, V]`` processed scores that a chain's result stands for (a candidate set or groups made dense)."""
-    return scores.to_dense() if isinstance(scores, Candidates | MixedScores) else scores
+    return to_dense(scores)

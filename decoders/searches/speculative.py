@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from decoders.chain import Scores
+from decoders.scores import Scores
 from decoders.config import SearchConfig
 from decoders.errors import DecodersError, GenerationError, StrategyError
 from decoders.batch import row_end
@@ -249,7 +249,6 @@ class SpeculativeSearch(Search):
         budget = self.prompt_lookup_num_tokens or self.num_assistant_tokens
         rows = [_Row(job, index, prompt, budget) for index, prompt in enumerate(prompts)]
         live = list(range(len(rows)))  # original row of each batch row
-        chain.context.prompt_lengths = [len(p) for p in prompts]
         draft = None
         if self.assistant_model is not None:
             draft = ModelSession(self._draft_model(job), prompts, session.pad_id, job.max_new_tokens)
@@ -313,7 +312,7 @@ class SpeculativeSearch(Search):
         session, chain = job.session, job.chain
         batch = len(live)
         history, padding = self._history(job, rows, live)
-        chain.context.padding = padding
+        chain.set_padding(padding, [len(rows[row].prompt) for row in live])
         row_generators = [generators[row] for row in live] if generators is not None else [None] * batch
         limits = [
             0 if rows[row].pause else min(rows[row].budget, job.max_new_tokens - len(rows[row].tokens) - 1) for row in live
@@ -345,7 +344,7 @@ class SpeculativeSearch(Search):
         accepted = [0] * batch
         own = [0] * batch  # the target's own token of each row
         committed: list[list[tuple[int, tuple]]] = [[] for _ in range(batch)]  # (token, measurement)
-        accepts = 0  # positions whose tokens chain.accept was given
+        accepts = 0  # positions whose tokens the processors accepted
         for position in range(width + 1):
             step_logits = logits[:, position]
             stages, observer = self._observer(job, step_logits)
