@@ -207,6 +207,65 @@ def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+#: the share of the memory available now that one call (or one engine request) may plan to use
+MEMORY_SHARE = 0.75
+#: float32 copies of a row's logits a step may hold at once (model output, log-softmax, processed scores, totals…)
+LOGIT_COPIES = 8
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_request(loaded: Any, prompt_ids: list[list[int]], options: Any, search: Search, *, single: bool = False) -> None:
+    """Everything about a call that needs the model, checked before anything runs: lengths against the context,
+    ``logprobs`` against the vocabulary, the rows against the memory, and the search's own needs."""
+    check_lengths(loaded, prompt_ids, options.max_new_tokens, single=single)
+    vocab = loaded.vocab_size
+    if options.logprobs is not None and vocab is not None and options.logprobs > vocab:
+        raise GenerationError(
+            f"logprobs={options.logprobs} asks for more alternatives than the vocabulary has ({vocab} tokens): "
+            f"use at most {vocab}"
+        )
+    check_memory(loaded, prompt_ids, options.max_new_tokens, search)
+    search.prepare(loaded)
+
+
+def check_memory(loaded: Any, prompt_ids: list[list[int]], max_new_tokens: int, search: Search) -> None:
+    """Refuse a call whose KV cache and logits would not fit the memory available, naming the largest setting
+    that fits (the search's width, e.g. ``num_beams``, or ``max_new_tokens``)."""
+    kv, vocab, free = loaded.kv_bytes_per_token, loaded.vocab_size, available_memory()
+    if not kv or not vocab or not free:
+        return
+    width, field = search.rows_per_prompt()
+    prompts, columns = len(prompt_ids), max(map(len, prompt_ids)) + max_new_tokens
+    budget = MEMORY_SHARE * free
+
+    def need(rows_per_prompt: int, new_tokens: int) -> float:
+        columns = max(map(len, prompt_ids)) + new_tokens
+        return prompts * rows_per_prompt * (columns * kv + LOGIT_COPIES * 4 * vocab)
+
+    if need(width, max_new_tokens) <= budget:
+        return
+    gib = 2**30
+    asked = f"{prompts * width} rows × {columns} columns need about {need(width, max_new_tokens) / gib:.1f} GiB"
+    room = f"{free / gib:.1f} GiB of memory is available"
+    if field is not None and need(1, max_new_tokens) <= budget:
+        fits = int(budget // need(1, max_new_tokens))
+        raise GenerationError(f"{field}={width}: {asked} of KV cache and logits, and {room}; at most {field}={fits} fits")
+    fits = next((n for n in (2**k for k in range(30, -1, -1)) if n < max_new_tokens and need(width, n) <= budget), 0)
+    advice = f"lower max_new_tokens to {fits} or fewer" if fits else "give fewer prompts"
+    raise GenerationError(f"max_new_tokens={max_new_tokens}: {asked} of KV cache and logits, and {room}; {advice}")
+
+
 def check_lengths(loaded: Any, prompt_ids: list[list[int]], max_new_tokens: int, *, single: bool = False) -> None:
     """Refuse a prompt that gave no tokens, or that leaves no room for ``max_new_tokens`` in the model's context."""
     context = loaded.context_length
@@ -249,7 +308,8 @@ class _Generation:
         self._check_one_selector(strategies, searches)
         self.engine = Engine(model, texts=texts)
         prompt_ids = encode_prompts(self.engine.tokenizer, self.prompts, chat)
-        check_lengths(self.engine.loaded, prompt_ids, self.options.max_new_tokens)
+        for search in searches.values():
+            check_request(self.engine.loaded, prompt_ids, self.options, search)
         self.ids = [
             self.engine._add(
                 prompt, ids, chosen, searches[chosen.model_dump_json(exclude={"name", "description"})], self.options,

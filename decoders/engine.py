@@ -188,7 +188,7 @@ class Engine:
         options = driver.check_options(max_new_tokens, stop, ignore_eos, logprobs, trace, top, self.texts)
         search = driver.checked_search(strategy, options)
         [prompt_ids] = driver.encode_prompts(self.tokenizer, [prompt], chat)
-        driver.check_lengths(self.loaded, [prompt_ids], max_new_tokens, single=True)
+        driver.check_request(self.loaded, [prompt_ids], options, search, single=True)
         return self._add(prompt, prompt_ids, strategy, search, options, generator)
 
     def _add(
@@ -196,11 +196,11 @@ class Engine:
         generator: torch.Generator | None,
     ) -> int:  # fmt: skip
         """Queue a checked request."""
-        rows = getattr(search, "num_beams", None) or getattr(search, "n", None) or 1
+        rows, field = search.rows_per_prompt()
         if self.max_rows is not None and rows > self.max_rows:
             raise GenerationError(
-                f"this request takes {rows} rows (its search's {'num_beams' if hasattr(search, 'num_beams') else 'n'}) "
-                f"and the engine holds at most max_rows={self.max_rows}: lower it, or raise max_rows"
+                f"this request takes {rows} rows (its search's {field}) and the engine holds at most "
+                f"max_rows={self.max_rows}: lower {field}, or raise max_rows"
             )
         request = _Request(next(self._ids), prompt, prompt_ids, strategy, search, options, generator, rows)
         self._requests[request.id] = request
@@ -366,7 +366,7 @@ class Engine:
         else:
             chains = [requests[rows[0]].strategy.build() for rows in members.values()]
             chain = MixedChain(chains, list(members.values()), list(members))
-        search = first.strategy.build_search()
+        search = first.search
         prompt_ids = [r.prompt_ids for r in requests]
         width = max(map(len, prompt_ids))
         generators = [r.generator for r in requests] if any(r.generator is not None for r in requests) else None

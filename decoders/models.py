@@ -88,6 +88,31 @@ def eos_token_ids_of(model, tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def vocab_size_of(model) -> int | None:
+    """The width of a model's logits: its output embedding's rows, else its config's ``vocab_size``."""
+    head = getattr(model, "get_output_embeddings", None)
+    weight = getattr(head() if callable(head) else None, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if size else None
+
+
+def kv_bytes_per_token_of(model) -> int | None:
+    """Bytes of KV cache per row and column: 2 (keys, values) × layers × KV heads × head width × the dtype's size."""
+    config = getattr(model, "config", None)
+    layers = next((getattr(config, n) for n in ("num_hidden_layers", "n_layer") if getattr(config, n, None)), None)
+    heads = next((getattr(config, n) for n in ("num_attention_heads", "n_head") if getattr(config, n, None)), None)
+    width = next((getattr(config, n) for n in ("hidden_size", "n_embd") if getattr(config, n, None)), None)
+    if not (layers and heads and width):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    size = parameter.element_size() if parameter is not None else 4
+    return 2 * int(layers) * int(kv_heads) * int(head_dim) * size
+
+
 def context_length_of(model) -> int | None:
     """The most positions ``model`` takes, from the first of :data:`CONTEXT_FIELDS` its config sets."""
     config = getattr(model, "config", None)
@@ -132,9 +157,15 @@ class LoadedModel:
         return getattr(self.model, "generation_config", None)
 
     @property
-    def vocab_size(self) -> int:
-        """The width of the model's logits (may exceed ``len(tokenizer)`` when the embedding is padded)."""
-        return int(self.model.get_output_embeddings().weight.shape[0])
+    def vocab_size(self) -> int | None:
+        """The width of the model's logits (may exceed ``len(tokenizer)`` when the embedding is padded); None when
+        the model does not say."""
+        return vocab_size_of(self.model)
+
+    @property
+    def kv_bytes_per_token(self) -> int | None:
+        """Bytes of KV cache one row takes per column (keys and values of every layer); None when unknown."""
+        return kv_bytes_per_token_of(self.model)
 
 
 def resolve_model(model: Any) -> LoadedModel:

@@ -116,7 +116,8 @@ class GenerationResult(BaseModel):
 class Generations(list):
     """The results of one :func:`generate` call, one :class:`GenerationResult` per prompt, in order.
 
-    ``text``, ``generated_ids``, ``prompt_ids``, ``finish_reason``, ``score``, ``alternatives`` and ``speculation`` read the only
+    ``text``, ``generated_ids``, ``prompt_ids``, ``finish_reason``, ``score``, ``alternatives``, ``logprobs`` and
+    ``speculation`` read the only
     result when there is exactly one, so ``generate("Hi").text`` works; with several, index first:
     ``generate(["a", "b"])[1].text``.
 
@@ -157,6 +158,10 @@ class Generations(list):
     @property
     def alternatives(self) -> list[Hypothesis]:
         return self._only("alternatives").alternatives
+
+    @property
+    def logprobs(self) -> list[StepLogprobs] | None:
+        return self._only("logprobs").logprobs
 
     @property
     def speculation(self) -> SpeculationStats | None:

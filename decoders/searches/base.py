@@ -153,6 +153,14 @@ class Search(Component):
             )
         chain.require(self.requires, self.kind)
 
+    def rows_per_prompt(self) -> tuple[int, str | None]:
+        """How many batch rows one prompt takes at once, and the setting that says so (``("num_beams", 4)`` …)."""
+        return 1, None
+
+    def prepare(self, loaded: Any) -> None:
+        """Check what the search needs of the model (``loaded``, a :class:`~decoders.models.LoadedModel`) before
+        anything runs; raise :class:`~decoders.errors.GenerationError` with what to change. Default: nothing."""
+
     def run(self, job: SearchJob) -> SearchRun:
         raise NotImplementedError
 

@@ -103,6 +103,9 @@ class BeamSearch(Search):
             return max_new_tokens
         return length
 
+    def rows_per_prompt(self) -> tuple[int, str | None]:
+        return self.num_beams, "num_beams"
+
     def run(self, job: SearchJob) -> SearchRun:
         session, chain, batch = job.session, job.chain, job.batch
         groups, beams = self.num_beam_groups, self.group_size

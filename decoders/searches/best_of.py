@@ -66,6 +66,9 @@ class BestOfSearch(Search):
                 f"best_of with the greedy selector would give {self.n} identical samples: use the 'sample' selector"
             )
 
+    def rows_per_prompt(self) -> tuple[int, str | None]:
+        return self.n, "n"
+
     def run(self, job: SearchJob) -> SearchRun:
         session, batch, n = job.session, job.batch, self.n
         prompts = len(batch)

@@ -56,6 +56,9 @@ class ContrastiveSearch(Search):
         self.penalty_alpha = penalty_alpha
         self.top_k = top_k
 
+    def rows_per_prompt(self) -> tuple[int, str | None]:
+        return self.top_k, "top_k"
+
     def run(self, job: SearchJob) -> SearchRun:
         session, chain, batch, k, alpha = job.session, job.chain, job.batch, self.top_k, self.penalty_alpha
         rows, device = session.rows, session.device

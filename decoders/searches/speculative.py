@@ -71,6 +71,12 @@ def lookup_draft(history: list[int], ngram_size: int, limit: int) -> list[int]:
     return []
 
 
+def _vocabulary(tokenizer: Any) -> dict[str, int] | None:
+    """A tokenizer's token → id map (None when it has none to compare)."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    return get_vocab() if callable(get_vocab) else None
+
+
 def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> int:
     """One index drawn from unnormalised non-negative ``weights [V]`` (inverse transform, float64)."""
     cumulative = weights.double().cumsum(0)
@@ -211,8 +217,31 @@ class SpeculativeSearch(Search):
 
     # ---- the draft model -------------------------------------------------------------------------------
 
-    def _draft_model(self, job: SearchJob) -> Any:
-        """The loaded draft model (loaded once per search), checked against the target's vocabulary."""
+    def prepare(self, loaded: Any) -> None:
+        """Load the draft model (once) and check that it shares the target's vocabulary, before anything runs."""
+        if self.assistant_model is None:
+            return
+        draft = self._draft_loaded()
+        from decoders.models import vocab_size_of
+
+        target_size, draft_size = vocab_size_of(loaded.model), vocab_size_of(draft.model)
+        target_words, draft_words = _vocabulary(loaded.tokenizer), _vocabulary(draft.tokenizer)
+        if target_size and draft_size and target_size != draft_size:
+            problem = f"the draft model's vocabulary has {draft_size} entries and the target's {target_size}"
+        elif target_words != draft_words:
+            problem = (
+                f"the draft model's tokenizer has {len(draft_words or ())} tokens and the target's "
+                f"{len(target_words or ())}, and they are not the same tokens"
+            )
+        else:
+            return
+        raise GenerationError(
+            f"{problem}: speculative decoding needs a draft model with the same vocabulary (same tokenizer family), "
+            "or prompt lookup (prompt_lookup_num_tokens)"
+        )
+
+    def _draft_loaded(self) -> Any:
+        """The loaded draft model (loaded once per search)."""
         if self._assistant is None:
             from decoders.models import resolve_model
 
@@ -220,23 +249,17 @@ class SpeculativeSearch(Search):
                 loaded = resolve_model(self.assistant_model)
             except DecodersError as error:
                 raise GenerationError(f"assistant_model: {error}") from None
-            model = loaded.model
-            if not callable(getattr(model, "forward", None)):
+            if not callable(getattr(loaded.model, "forward", None)):
                 raise GenerationError(
                     f"assistant_model must be a causal language model with a forward(input_ids, ...) method; got "
-                    f"{type(model).__name__}"
+                    f"{type(loaded.model).__name__}"
                 )
-            self._assistant = model
+            self._assistant = loaded
         return self._assistant
 
-    @staticmethod
-    def _check_vocabulary(target: torch.Tensor, draft: torch.Tensor) -> None:
-        if target.shape[-1] != draft.shape[-1]:
-            raise GenerationError(
-                f"the draft model's vocabulary has {draft.shape[-1]} entries and the target's {target.shape[-1]}: "
-                "speculative decoding needs a draft model with the same vocabulary (same tokenizer family), or "
-                "prompt lookup (prompt_lookup_num_tokens)"
-            )
+    def _draft_model(self, job: SearchJob) -> Any:
+        """The draft model."""
+        return self._draft_loaded().model
 
     # ---- the loop --------------------------------------------------------------------------------------
 
@@ -257,7 +280,7 @@ class SpeculativeSearch(Search):
         # the prompts: the first token is chosen as the single search would
         logits = session.forward().logits
         if draft is not None:
-            self._check_vocabulary(logits, draft.forward().logits)
+            draft.forward()  # the draft model reads the prompts too
         chosen, texts = self._first_token(job, rows, logits, draft)
         yield [RowStep(origins[i], chosen[i], texts[i], rows[i].finished) for i in live]
         step = 1

@@ -68,6 +68,9 @@ class StochasticBeamSearch(Search):
         self.num_beams = num_beams
         self.num_return_sequences = num_return_sequences or num_beams
 
+    def rows_per_prompt(self) -> tuple[int, str | None]:
+        return self.num_beams, "num_beams"
+
     def run(self, job: SearchJob) -> SearchRun:
         session, chain, batch, k = job.session, job.chain, job.batch, self.num_beams
         prompts, device, start = session.rows, session.device, session.prompt_width
