@@ -5,7 +5,7 @@ Installed, the plugin ``structured`` (entry point group ``decoders``) adds the p
 ``decoders generate``.
 """
 
-from decoders_structured.grammars import GrammarError, json_schema_grammar, lark_grammar, regex_grammar
+from decoders_structured.grammars import GrammarError, SchemaWarning, json_schema_grammar, lark_grammar, regex_grammar
 from decoders_structured.plugin import GrammarConfig, JsonSchemaConfig, RegexConfig
 from decoders_structured.processor import GrammarConstraint
 
@@ -15,6 +15,7 @@ __all__ = [
     "GrammarError",
     "JsonSchemaConfig",
     "RegexConfig",
+    "SchemaWarning",
     "json_schema_grammar",
     "lark_grammar",
     "regex_grammar",

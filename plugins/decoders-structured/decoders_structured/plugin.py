@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 import decoders
-from decoders_structured.grammars import json_schema_grammar, lark_grammar, regex_grammar
+from decoders_structured.grammars import GrammarError, check_json_option, json_schema_grammar, lark_grammar, regex_grammar
 from decoders_structured.processor import GrammarConstraint
 
 
@@ -29,17 +30,54 @@ class JsonSchemaConfig(_ConstraintConfig):
     kind: Literal["json_schema"] = "json_schema"
     json_schema: dict[str, Any] = Field(description="a JSON Schema object (draft 2020-12 keywords; llguidance's subset)")
     whitespace_flexible: bool = Field(
-        default=False, description="allow whitespace between JSON tokens (default: compact JSON, no whitespace)"
+        default=False, description="allow any JSON whitespace between JSON tokens (default: compact JSON, no whitespace)"
     )
+    whitespace_pattern: str | None = Field(
+        default=None, min_length=1,
+        description="a regex of the whitespace allowed, at most once, where JSON allows whitespace: '[ ]', '[ \\n]{0,2}'",
+    )  # fmt: skip
+    item_separator: str = Field(default=",", min_length=1, description="a regex of the separator between items: ', ?'")
+    key_separator: str = Field(default=":", min_length=1, description="a regex of the separator after a key: ': ?'")
+    coerce_one_of: bool = Field(
+        default=False, description="treat a oneOf llguidance cannot prove exclusive as anyOf (accepts a value matching two)"
+    )
+    lenient: bool = Field(
+        default=False, description="ignore the keywords and formats llguidance lacks instead of refusing them (implies coerce_one_of)"
+    )  # fmt: skip
 
-    @field_validator("json_schema")
+    @field_validator("whitespace_pattern", "item_separator", "key_separator")
     @classmethod
-    def _check(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        json_schema_grammar(schema)  # raises GrammarError (a ValueError) naming the schema location
-        return schema
+    def _check_regex(cls, pattern: str | None, info: ValidationInfo) -> str | None:
+        return None if pattern is None else check_json_option(info.field_name, pattern)
 
-    def model_post_init(self, context: Any) -> None:
-        self._grammar = json_schema_grammar(self.json_schema, self.whitespace_flexible)
+    @model_validator(mode="after")
+    def _check(self) -> JsonSchemaConfig:
+        """Compile the schema with the options (errors name the field); lenient implies coerce_one_of."""
+        config = self
+        if self.lenient and not self.coerce_one_of:
+            if "coerce_one_of" in self.model_fields_set:
+                _refuse("coerce_one_of", False,
+                        "lenient=true treats oneOf as anyOf (coerce_one_of=true): drop coerce_one_of=false or lenient")  # fmt: skip
+            config = self.model_copy(update={"coerce_one_of": True})
+        if self.whitespace_pattern is not None and self.whitespace_flexible:
+            _refuse("whitespace_pattern", self.whitespace_pattern,
+                    "whitespace_pattern replaces whitespace_flexible: give one of them, not both")  # fmt: skip
+        try:
+            config._grammar = json_schema_grammar(
+                self.json_schema, self.whitespace_flexible, whitespace_pattern=self.whitespace_pattern,
+                item_separator=self.item_separator, key_separator=self.key_separator, coerce_one_of=self.coerce_one_of,
+                lenient=self.lenient,
+            )  # fmt: skip
+        except GrammarError as exc:
+            _refuse("json_schema", self.json_schema, str(exc))
+        return config
+
+
+def _refuse(field: str, value: Any, message: str) -> None:
+    """Raise a validation error of ``field`` (for a check that needs the other fields, in a model validator)."""
+    error = PydanticCustomError("value_error", "Value error, {error}", {"error": message})
+    details = [InitErrorDetails(type=error, loc=(field,), input=value)]
+    raise ValidationError.from_exception_data(JsonSchemaConfig.__name__, details)
 
 
 class RegexConfig(_ConstraintConfig):

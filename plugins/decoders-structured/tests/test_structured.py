@@ -115,7 +115,7 @@ def test_dense_and_candidate_paths_give_the_same_tokens(tiny_model):
         used_candidates |= isinstance(scores, decoders.Candidates)
         tokens = fast.choose(scores, seeds[:2])
         assert torch.equal(tokens, dense.select(ids_so_far, logits, seeds[2:]))
-        assert torch.equal(decoders.chain.dense(scores), dense.process(ids_so_far, logits))
+        assert torch.equal(decoders.scores.to_dense(scores), dense.process(ids_so_far, logits))
         fast.accept(tokens)
         dense.accept(tokens)
         ids_so_far = torch.cat([ids_so_far, tokens.unsqueeze(-1)], dim=-1)
@@ -298,15 +298,15 @@ def test_inside_model_generate_rows_after_their_eos_are_not_advanced(tiny_model)
     "constraint, message",
     [
         ({"kind": "json_schema", "json_schema": {"type": "object", "properties": {"age": {"type": "intger"}}}},
-         r"json_schema\.json_schema.*invalid JSON Schema at /properties/age: Invalid type: intger"),
+         r"json_schema\.json_schema.*invalid JSON Schema at /properties/age/type: unknown type 'intger'"),
         ({"kind": "json_schema", "json_schema": {"properties": {"name": {"type": "string", "pattern": "[a-"}}}},
-         r"invalid JSON Schema at /properties/name: the pattern is not a valid regex: unclosed character class"),
+         r"invalid regex in pattern '\[a-' at /properties/name/pattern: unclosed character class"),
         ({"kind": "json_schema", "json_schema": {"properties": {"a": {"$ref": "#/$defs/missing"}}}},
-         r"at /properties/a: \$ref '/\$defs/missing' points to nothing"),
+         r"at /properties/a/\$ref: \$ref '#/\$defs/missing' points to nothing"),
         ({"kind": "json_schema", "json_schema": {"type": "array", "uniqueItems": True}},
-         r"unsupported JSON Schema feature 'uniqueItems' at /: llguidance does not implement it"),
+         r"unsupported JSON Schema keyword 'uniqueItems' at /uniqueItems: llguidance does not implement it"),
         ({"kind": "json_schema", "json_schema": {"properties": {"x": {"not": {"type": "string"}}}}},
-         r"unsupported JSON Schema feature 'not' at /properties/x"),
+         r"unsupported JSON Schema keyword 'not' at /properties/x/not"),
         ({"kind": "regex", "regex": "[0-9]+(ab"}, r"regex\.regex.*invalid regex '\[0-9\]\+\(ab': unclosed group at character 7 \('\('\)"),
         ({"kind": "regex", "regex": "a{3,1}"}, r"invalid repetition count range.* at character 2"),
         ({"kind": "grammar", "grammar": 'start: "a" (b\nb: "x"\n'}, r"grammar\.grammar.*grammar error at line 1, column 14 .*Expected token"),

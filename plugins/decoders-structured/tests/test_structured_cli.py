@@ -42,7 +42,9 @@ def test_json_schema_from_a_file_or_inline(capsys, tiny_model_dir, tmp_path, inl
     code, out, err = run(capsys, "generate", "The", "--model", str(tiny_model_dir), "--json-schema", value, "--max-new-tokens", "30", "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert data["strategy"]["processors"] == [{"kind": "json_schema", "json_schema": SCHEMA, "whitespace_flexible": False}]
+    assert data["strategy"]["processors"] == [{"kind": "json_schema", "json_schema": SCHEMA, "whitespace_flexible": False,
+                                               "item_separator": ",", "key_separator": ":", "coerce_one_of": False,
+                                               "lenient": False}]  # fmt: skip
     [result] = data["results"]
     assert result["finish_reason"] == "eos"
     jsonschema.validate(json.loads(result["text"]), SCHEMA)
@@ -76,7 +78,9 @@ def test_grammar_file_streams_text(capsys, tiny_model_dir, tmp_path):
     "args, message",
     [
         (("--regex", "ab(c"), r"--regex: invalid regex 'ab\(c': unclosed group at character 3"),
-        (("--json-schema", '{"type": "object", "properties": {"a": {"type": "strin"}}}'), r"--json-schema: invalid JSON Schema at /properties/a"),
+        (("--json-schema", '{"type": "object", "properties": {"a": {"type": "strin"}}}'), r"--json-schema: invalid JSON Schema at /properties/a/type"),
+        (("--json-schema", '{"properties": {"a": {"type": "string", "format": "uri-reference"}}}'),
+         r"--json-schema: unsupported format 'uri-reference' at /properties/a/format: .*set lenient=true"),
         (("--json-schema", '{"type": "object",}'), r"--json-schema: the JSON Schema is not valid JSON: .* at line 1, column 19"),
         (("--json-schema", "missing.json"), r"--json-schema: JSON Schema file 'missing.json' does not exist"),
         (("--grammar", "missing.lark"), r"--grammar: grammar file 'missing.lark' does not exist"),
