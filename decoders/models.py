@@ -435,6 +435,12 @@ def _load_embedded(dtype: torch.dtype) -> LoadedModel:
             "the model cache at %s cannot be used: %s. Rebuilding it from %s (~15-20 s).", folder, problem, gguf_path
         )
         _discard(folder, problem)
+    else:
+        logger.warning(
+            "decoders: converting the embedded model once into %s (about 20 s on 2 cores; later runs load it in "
+            "under a second; set %s to keep it elsewhere)",
+            folder, CACHE_ENV,
+        )  # fmt: skip
     _write_cache(gguf_path, folder)
     return _loaded(*_load_folder(folder, dtype, trust_remote_code=False), EMBEDDED_NAME, source)
 

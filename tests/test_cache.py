@@ -72,6 +72,20 @@ def test_the_cache_carries_the_checksums_of_its_files(fake_wheel):
     assert manifest["model"] == EMBEDDED_NAME and manifest["source"]["file"] == gguf_path.name
 
 
+def test_the_first_load_says_it_converts_the_model_once_and_later_loads_say_nothing(fake_wheel, caplog):
+    gguf_path, root = fake_wheel
+    with caplog.at_level(logging.WARNING, logger="decoders.models"):
+        load_model()
+    [record] = caplog.records
+    assert "converting the embedded model once into" in record.getMessage()
+    assert str(root) in record.getMessage() and "DECODERS_CACHE_DIR" in record.getMessage()
+    caplog.clear()
+    clear_model_cache()  # the in-process cache: the next load reads the folder
+    with caplog.at_level(logging.WARNING, logger="decoders.models"):
+        load_model()
+    assert not caplog.records
+
+
 @pytest.mark.parametrize(
     "garbage",
     [bytes(4096), b"\xff" * 4096],
@@ -87,6 +101,7 @@ def test_corrupt_weights_are_detected_and_rebuilt(fake_wheel, conversions, caplo
     assert not torch.equal(unchecked, expected)
 
     clear_model_cache()
+    caplog.clear()  # the first load's "converting once"
     with caplog.at_level(logging.WARNING, logger="decoders.models"):
         loaded = load_model()
 
@@ -134,6 +149,7 @@ def test_a_corrupt_checksum_file_means_a_rebuild(fake_wheel, conversions, caplog
 def test_a_sound_cache_is_read_without_converting_again(fake_wheel, conversions, caplog):
     load_model()
     clear_model_cache()
+    caplog.clear()  # the first load's "converting once"
     with caplog.at_level(logging.WARNING):
         load_model()
     assert len(conversions) == 1 and not caplog.records
