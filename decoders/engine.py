@@ -216,6 +216,15 @@ class Engine:
         found = self._requests.get(request)
         return None if found is None else found.result
 
+    def pop_result(self, request: int) -> GenerationResult | None:
+        """The request's result, once it has finished, and the engine forgets the request (a long-running server
+        calls it so that finished requests do not pile up); None while it runs."""
+        found = self._requests.get(request)
+        if found is None or found.result is None:
+            return None
+        del self._requests[request]
+        return found.result
+
     def abort(self, request: int) -> bool:
         """End a request: it gives no more events and no result, and its rows leave the batch (a request that
         started in a batch of its own with others, as one :func:`generate` call's beam search does, frees its rows
@@ -469,6 +478,7 @@ class AsyncEngine:
             if result is None:
                 self._queues[request] = (loop, queue)
         if result is not None:  # nothing to run (max_new_tokens 0)
+            self.engine.pop_result(request)
             queue.put_nowait(RequestEvent(request, 0, None, "", True, None, result))
         self._wake.set()
         return request, queue
@@ -531,3 +541,5 @@ class AsyncEngine:
                 target[0].call_soon_threadsafe(target[1].put_nowait, event)
                 if event.finished:
                     del self._queues[event.request]
+            if event.finished:
+                self.engine.pop_result(event.request)  # the event carries the result: nothing to keep

@@ -117,6 +117,9 @@ def test_events_stream_each_request_and_end_with_its_result(loaded):
         assert all(e.result is None for e in seen[request][:-1])
     # the texts of a request's events add up to its text
     assert "".join(e.text for e in seen[second]) == engine.result(second).text
+    # a server lets finished requests go
+    assert engine.pop_result(first) == last[first].result and engine.result(first) is None
+    assert engine.pop_result(first) is None
 
 
 def test_abort_frees_rows_and_changes_no_other_row(loaded):
