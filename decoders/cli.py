@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from decoders.errors import DecodersError, GenerationError, validation_message
 from decoders.plugins import get_registry
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's help: option names are never cut, and flags show no type
-    context_settings={"max_content_width": 120, "terminal_width": 120},
+    context_settings={"max_content_width": 120},  # as wide as the terminal, up to 120 columns
 )
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)  # one message, one line, whatever the width
@@ -60,6 +61,35 @@ def emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def emit_json_line(data: object) -> None:
+    """Print ``data`` as one line of JSON (a JSON Lines record) and flush it."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A one-line note on standard error: what the CLI did with an option beyond what the option says."""
+    error_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+
+
+def print_table(table: Table) -> None:
+    """Print a table: drawn to fit a terminal; piped, as a markdown table (its title on the line above) whose
+    cells are never wrapped or cut."""
+    if console.is_terminal:
+        console.print(table)
+        return
+
+    def plain(cell: object) -> str:
+        return (Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)).replace("|", "\\|")
+
+    columns = table.columns
+    lines = [plain(table.title)] if table.title else []
+    lines.append("| " + " | ".join(plain(column.header) for column in columns) + " |")
+    lines.append("|" + "|".join("---:" if column.justify == "right" else "---" for column in columns) + "|")
+    lines += ["| " + " | ".join(map(plain, row)) + " |" for row in zip(*(column.cells for column in columns))]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)."),
@@ -79,9 +109,14 @@ def load(model_name: str | None):
         return load_model(model_name)
 
 
+#: how :func:`visible` writes a backslash and the commonest whitespace
+ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def visible(text: str) -> str:
-    """Text with newlines and tabs shown as escapes, so whitespace the model generated can be seen."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    """Text on one line, whitespace the model generated made visible: a backslash doubled, a newline, a tab and
+    every other non-printable character written as its Python escape (``\\n``, ``\\t``, ``\\x0c``, ``\\u2028``)."""
+    return "".join(ESCAPES.get(ch) or (ch if ch.isprintable() else ascii(ch)[1:-1]) for ch in text)
 
 
 def percent(probability: float) -> str:
@@ -134,7 +169,8 @@ def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = T
     Without --search, the flags say which search is meant (--num-beams: beam, --penalty-alpha: contrastive, --n:
     best_of). When the user chose no strategy (``user_strategy`` False), the search gets the selector it needs: a
     search that samples the sample selector, one that refuses the default's selector (contrastive search picks by
-    its own score) the greedy one.
+    its own score) the greedy one. A strategy changed here loses its name and description (they described the
+    original); replacing a strategy's own search is said on stderr.
     """
     given = {name: value for name, value in flags.items() if value is not None}
     if search is None and not given:
@@ -147,21 +183,48 @@ def with_search(chosen: Strategy, search: str | None, *, user_strategy: bool = T
             search = implied[0]
         else:
             raise StrategyError(f"these flags belong to different searches ({', '.join(implied)}): add --search")
+    check_search_flags(search, given)
     if "early_stopping" in given:
         value = str(given["early_stopping"]).strip().lower()
         if value not in ("true", "false", "never"):
             raise StrategyError(f"--early-stopping must be true, false or never, got {given['early_stopping']!r}")
         given["early_stopping"] = {"true": True, "false": False}.get(value, value)
+    if user_strategy and chosen.search.kind not in ("single", search):
+        named = f"'{chosen.name}'" if chosen.name else "the strategy"
+        note(f"--search {search} replaces the '{chosen.search.kind}' search of {named}")
     current = chosen.search.model_dump() if chosen.search.kind == search else {}
     result = Strategy.model_validate({**chosen.model_dump(exclude_none=True), "search": {**current, **given, "kind": search}})
+    if "diversity_penalty" in given and getattr(result.search, "num_beam_groups", None) == 1:
+        raise StrategyError(
+            "--diversity-penalty acts between groups of beams, and there is one group: add --num-beam-groups "
+            "(2 or more, dividing --num-beams)"
+        )
     if not user_strategy:
         if result.build_search().samples:
-            return result.model_copy(update={"selector": SampleConfig()})
-        try:
-            result.build()
-        except StrategyError:
-            return result.model_copy(update={"selector": GreedyConfig()})
-    return result
+            result = result.model_copy(update={"selector": SampleConfig()})
+        else:
+            try:
+                result.build()
+            except StrategyError:
+                result = result.model_copy(update={"selector": GreedyConfig()})
+    unchanged = result.model_dump(exclude={"name", "description"}) == chosen.model_dump(exclude={"name", "description"})
+    return result if unchanged else result.model_copy(update={"name": None, "description": None})
+
+
+def check_search_flags(search: str, given: dict[str, object]) -> None:
+    """Refuse search flags the search has no setting for, in the CLI's words (a kind no plugin registers is left to
+    the strategy's own validation, which lists the kinds)."""
+    registered = get_registry().searches.get(search)
+    if registered is None:
+        return
+    fields = registered.config.model_fields
+    foreign = [_flag(name) for name in given if name not in fields]
+    if foreign:
+        takes = [_flag(name) for name in FLAG_SEARCH if name in fields]
+        offer = f"it takes {', '.join(takes)}" if takes else "it takes no search flags (set it in a strategy file)"
+        refused = " and ".join(foreign)
+        verb = "does" if len(foreign) == 1 else "do"
+        raise StrategyError(f"{refused} {verb} not apply to the '{search}' search: {offer}")
 
 
 #: the processor flags of ``generate``: flag name → (processor kind, config field), in transformers' order
@@ -183,14 +246,11 @@ def _flag(name: str) -> str:
 
 
 def flags_strategy(strategy: str | None, model_defaults: bool, loaded, **flags: float | int | None) -> Strategy:
-    """The strategy named by --strategy, --model-defaults, or the parameter flags (one of the three).
+    """The strategy named by --strategy, --model-defaults, or the parameter flags (the caller allows one of the three).
 
     Each flag becomes one processor, checked on its own, so a bad value is reported with the flag's name.
     """
     given = {name: value for name, value in flags.items() if value is not None}
-    chosen = [bool(strategy), model_defaults, bool(given)]
-    if sum(chosen) > 1:
-        raise StrategyError("use one of --strategy, --model-defaults, or parameter flags such as --temperature, not several")
     if model_defaults:
         config = loaded.generation_config
         if config is None:
@@ -213,6 +273,16 @@ def flags_strategy(strategy: str | None, model_defaults: bool, loaded, **flags: 
     return Strategy(processors=processors, selector={"kind": "sample" if sampling else "greedy"})
 
 
+StrategiesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--strategy", "-s",
+        help=f"A preset ({', '.join(PRESETS)}, or a plugin's), a .json/.toml strategy file, or a strategy as JSON text; "
+        "one per prompt (in order) for a mixed batch.",
+    ),
+]  # fmt: skip
+
+
 @app.command()
 def generate(
     prompts: Annotated[
@@ -220,7 +290,7 @@ def generate(
         typer.Argument(help="One or more prompts (a batch); none: one read from standard input.", show_default=False, metavar="PROMPT"),
     ] = None,
     model: ModelOption = None,
-    strategy: StrategyOption = None,
+    strategy: StrategiesOption = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (> 0).")] = None,
     top_k: Annotated[
         int | None, typer.Option(help="Keep the k most likely tokens (contrastive search: its candidates per step).")
@@ -234,7 +304,12 @@ def generate(
     seed: SeedOption = None,
     max_new_tokens: Annotated[int, typer.Option(help="Stop after this many new tokens.")] = 64,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text is generated (repeatable).")] = None,
-    stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Print tokens as they come (default: on for one prompt).")] = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream", help="Print tokens as they come (default: on for one prompt; with --json: JSON Lines)."
+        ),
+    ] = None,
     search: SearchOption = None,
     num_beams: NumBeamsOption = None,
     length_penalty: LengthPenaltyOption = None,
@@ -244,7 +319,10 @@ def generate(
         int | None, typer.Option("--num-beam-groups", help="Diverse beam search: groups of beams (divides --num-beams).")
     ] = None,
     diversity_penalty: Annotated[
-        float | None, typer.Option("--diversity-penalty", help="Diverse beam search: penalty per earlier group's choice.")
+        float | None,
+        typer.Option(
+            "--diversity-penalty", help="Diverse beam search: penalty per earlier group's choice (with --num-beam-groups)."
+        ),
     ] = None,
     penalty_alpha: PenaltyAlphaOption = None,
     n: Annotated[int | None, typer.Option("--n", help="best_of: samples per prompt.")] = None,
@@ -262,12 +340,36 @@ def generate(
         typer.Option("--num-assistant-tokens-schedule", help="Speculative: heuristic (default: adapt the draft length) or constant."),
     ] = None,
     logprobs: Annotated[
-        int | None, typer.Option("--logprobs", help="Add per-token log-probabilities and this many alternatives to --json.")
+        int | None,
+        typer.Option(
+            "--logprobs",
+            help="Per-token log-probabilities with this many alternatives: a table per prompt on a terminal, in the "
+            "results with --json.",
+        ),
     ] = None,
     chat: ChatOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Generate a continuation of each prompt with a decoding strategy."""
+    """Generate a continuation of each prompt with a decoding strategy.
+
+    Several -s with as many prompts make a mixed batch: prompt i runs with strategy i.
+
+    Output on a terminal: each prompt (dimmed), its text, and its other hypotheses with their scores. Piped (no
+    --json): one prompt with one hypothesis prints just its text; otherwise one line per hypothesis, prompts counted
+    from 0, with a backslash doubled and newlines, tabs and other non-printable characters written as Python
+    escapes (\\n, \\t, \\x0c):
+
+    \b
+      [0] the text of prompt 0 (its best hypothesis)
+      [0.1] its next hypothesis (--num-return-sequences)
+      [1] the text of prompt 1
+
+    The model, strategy and finish reasons go to stderr.
+
+    --json prints one document {"model", "strategy", "results"} ("strategy" is a list, one per prompt, for a mixed
+    batch); with --stream, JSON Lines: one {"step", "token_ids", "texts", "finished"} per step, then that document
+    on one line.
+    """
     import decoders
 
     if not prompts:
@@ -291,39 +393,130 @@ def generate(
     )  # fmt: skip
     if search == "contrastive" or (search is None and penalty_alpha is not None):
         search_flags["top_k"] = flags.pop("top_k")  # contrastive search's own top_k, not a processor
-    user_strategy = bool(strategy or model_defaults or any(v is not None for v in flags.values()))
-    if not model_defaults:  # check the strategy before spending seconds on loading the model
-        chosen = with_search(
-            flags_strategy(strategy, False, None, **flags), search, user_strategy=user_strategy, **search_flags
+    processor_flags = any(value is not None for value in flags.values())
+    if sum([bool(strategy), model_defaults, processor_flags]) > 1:
+        raise StrategyError("use one of --strategy, --model-defaults, or parameter flags such as --temperature, not several")
+    specs = strategy or [None]
+    if len(specs) > 1 and len(specs) != len(prompts):
+        raise StrategyError(
+            f"{len(specs)} strategies (-s) for {len(prompts)} prompt{'s' * (len(prompts) != 1)}: give one -s for all "
+            "the prompts, or one per prompt, in order"
+            + (" (to run several strategies on one prompt: decoders compare)" if len(prompts) == 1 else "")
         )
     extra = plugin_option_processors()  # the plugins' options (--json-schema, …), checked before loading too
-    loaded = load(model)
-    if model_defaults:
-        chosen = with_search(flags_strategy(strategy, True, loaded, **flags), search, **search_flags)
-    if extra:
-        chosen = Strategy.model_validate({**chosen.model_dump(exclude_none=True), "processors": [*chosen.processors, *extra]})
-    options = dict(
-        strategy=chosen, model=loaded, max_new_tokens=max_new_tokens, seed=seed, stop=stop, chat=chat, logprobs=logprobs
-    )
-    if stream is None:
-        stream = len(prompts) == 1 and not as_json and chosen.build_search().streams
-    if as_json:
-        results = decoders.generate(prompts, **options)
-        emit_json(
-            {
-                "model": loaded.name,
-                "strategy": chosen.model_dump(mode="json", exclude_none=True),
-                "results": [r.model_dump(mode="json", exclude_none=True) for r in results],
-            }
+    loaded = load(model) if model_defaults else None  # its generation_config is the strategy
+    chosen = [
+        with_search(
+            flags_strategy(spec, model_defaults, loaded, **flags), search,
+            user_strategy=bool(strategy or model_defaults or processor_flags), **search_flags,
         )
-        return
+        for spec in specs
+    ]  # fmt: skip
+    if extra:
+        chosen = [
+            Strategy.model_validate({**c.model_dump(exclude_none=True), "processors": [*c.processors, *extra]}) for c in chosen
+        ]
+    rows = chosen * len(prompts) if len(chosen) == 1 else chosen
+    if stream is None:
+        stream = len(prompts) == 1 and not as_json and rows[0].build_search().streams
+    check_generation(prompts, rows, seed=seed, stream=stream, max_new_tokens=max_new_tokens, stop=stop, logprobs=logprobs)
+    if loaded is None:
+        loaded = load(model)
+    options = {"model": loaded, "max_new_tokens": max_new_tokens, "stop": stop, "chat": chat, "logprobs": logprobs}
+
+    def document(results) -> dict:
+        strategies = [c.model_dump(mode="json", exclude_none=True) for c in chosen]
+        return {"model": loaded.name, "strategy": strategies if len(chosen) > 1 else strategies[0],
+                "results": [r.model_dump(mode="json", exclude_none=True) for r in results]}  # fmt: skip
+
     if stream:
-        results = stream_texts(prompts, decoders.stream(prompts, **options), chat)  # validated before printing
+        events = decoders.stream(prompts, rows if len(chosen) > 1 else chosen[0], seed=seed, **options)
+        if as_json:
+            for event in events:
+                if event.results is None:
+                    emit_json_line({"step": event.step, "token_ids": event.token_ids, "texts": event.texts,
+                                    "finished": event.finished})  # fmt: skip
+                else:
+                    emit_json_line(document(event.results))
+            return
+        results = stream_texts(prompts, events, chat)  # validated before printing
     else:
-        results = decoders.generate(prompts, **options)
+        seeds = None if seed is None else [seed + row for row in range(len(prompts))]
+        results = generate_batches(prompts, rows, seeds, **options)
+        if as_json:
+            emit_json(document(results))
+            return
         print_texts(results, chat)
+    if logprobs is not None:
+        print_logprobs(results)
     reasons = ", ".join(sorted({r.finish_reason for r in results}))
-    error_console.print(f"[dim]{loaded.name} · {chosen.describe()} · {reasons}{speculation_summary(results)}[/]", highlight=False)
+    described = " | ".join(dict.fromkeys(c.describe() for c in chosen))
+    error_console.print(
+        f"[dim]{escape(loaded.name)} · {escape(described)} · {reasons}{speculation_summary(results)}[/]", highlight=False
+    )
+
+
+def batch_key(strategy: Strategy) -> str:
+    """Strategies with the same key can share one mixed batch: the same search and settings, and the same selector
+    unless the search lets each row's chain choose (see :attr:`decoders.searches.Search.per_row_chains`)."""
+    shared_selector = not strategy.build_search().per_row_chains
+    return strategy.search.model_dump_json() + (strategy.selector.model_dump_json() if shared_selector else "")
+
+
+def check_generation(
+    prompts: list[str], strategies: list[Strategy], *, seed: int | None, stream: bool, max_new_tokens: int,
+    stop: list[str] | None, logprobs: int | None,
+) -> None:  # fmt: skip
+    """What ``generate`` can check without the model, checked before it loads: the prompts, the options, the seed,
+    and each strategy's chain against its search (and against streaming)."""
+    from decoders import driver
+
+    driver.as_prompts(prompts)
+    options = driver.check_options(
+        max_new_tokens=max_new_tokens, stop=stop, ignore_eos=False, logprobs=logprobs, trace=False, top=10, texts=stream
+    )
+    for strategy in {s.model_dump_json(): s for s in strategies}.values():
+        search = strategy.build_search()
+        if stream and not search.streams:
+            raise GenerationError(
+                f"--stream: the '{strategy.search.kind}' search cannot stream, its hypotheses are decided only at the "
+                "end: leave out --stream"
+            )
+        if stop and not search.stop_strings:
+            raise GenerationError(
+                f"--stop: the '{strategy.search.kind}' search does not take stop strings: leave out --stop"
+            )
+        driver.checked_search(strategy, options)
+    if stream and len({batch_key(s) for s in strategies}) > 1:
+        raise StrategyError(
+            "--stream runs the prompts as one batch, and these strategies cannot share one (different searches, or "
+            "selectors their search cannot mix): leave out --stream"
+        )
+    if seed is not None:
+        driver.as_seed(seed, "--seed")
+        if seed + len(prompts) - 1 > driver.SEED_RANGE[1]:
+            raise GenerationError(
+                f"--seed {seed}: prompt i uses seed + i, and seed + {len(prompts) - 1} is past 2**64 - 1: use a smaller seed"
+            )
+
+
+def generate_batches(prompts: list[str], strategies: list[Strategy], seeds: list[int] | None, **options) -> list:
+    """Each prompt with its strategy (and seed), as few ``decoders.generate`` calls as can share a batch (one per
+    :func:`batch_key`); the results in the prompts' order."""
+    import decoders
+
+    batches: dict[str, list[int]] = {}
+    for row, strategy in enumerate(strategies):
+        batches.setdefault(batch_key(strategy), []).append(row)
+    results = [None] * len(prompts)
+    for rows in batches.values():
+        batch = decoders.generate(
+            [prompts[row] for row in rows], [strategies[row] for row in rows],
+            seed=None if seeds is None else [seeds[row] for row in rows], **options,
+        )  # fmt: skip
+        for row, result in zip(rows, batch):
+            results[row] = result
+    return results
 
 
 def speculation_summary(results) -> str:
@@ -336,14 +529,23 @@ def speculation_summary(results) -> str:
     return f" · accepted {accepted} of {drafted} drafted tokens{rate}"
 
 
-#: the line between two prompts' texts when standard output is not a terminal
-ROW_SEPARATOR = "---"
+def label(prompt: int, rank: int = 0) -> str:
+    """The label of a prompt's hypothesis in the output: ``[i]`` for its best, ``[i.j]`` for its j-th other one."""
+    return f"[{prompt}]" if rank == 0 else f"[{prompt}.{rank}]"
 
 
 def print_texts(results, chat: bool) -> None:
-    """Each prompt's text: on a terminal with its prompt and any alternatives; piped, the generated text only."""
+    """Each prompt's text: on a terminal with its prompt and its other hypotheses; piped, in the layout the help of
+    ``generate`` describes (one labelled line per hypothesis, unless there is only one)."""
     if not console.is_terminal:
-        sys.stdout.write(f"\n{ROW_SEPARATOR}\n".join(r.text for r in results) + "\n")
+        if len(results) == 1 and len(results[0].alternatives) <= 1:
+            sys.stdout.write(results[0].text + "\n")
+            return
+        sys.stdout.writelines(
+            f"{label(prompt, rank)} {visible(hypothesis.text)}\n"
+            for prompt, result in enumerate(results)
+            for rank, hypothesis in enumerate(result.alternatives)
+        )
         return
     for index, result in enumerate(results):
         if index:
@@ -351,39 +553,60 @@ def print_texts(results, chat: bool) -> None:
         console.print(f"[dim]{escape(result.prompt)}[/]" + ("\n" if chat else ""), end="", highlight=False)
         console.print(result.text, style="bold", highlight=False, markup=False)
         for rank, other in enumerate(result.alternatives[1:], 2):
-            console.print(f"[dim]#{rank} (score {other.score:.3f}):[/] ", end="", highlight=False)
+            weight = "" if other.weight is None else f", weight {other.weight:.3g}"
+            console.print(f"[dim]#{rank} (score {other.score:.3f}{weight}):[/] ", end="", highlight=False)
             console.print(other.text, highlight=False, markup=False)
+
+
+def print_logprobs(results) -> None:
+    """Each prompt's per-token log-probabilities (of its best hypothesis) as a table on a terminal; piped, where
+    they are instead (the piped layout holds texts only)."""
+    if not console.is_terminal:
+        note("--logprobs: the log-probabilities are in the --json output; piped text holds the texts only")
+        return
+    for prompt, result in enumerate(results):
+        table = Table(title=f"log-probabilities of prompt {prompt}'s text", title_justify="left")
+        for column in ("#", "token", "log-p", "after the chain", "the model's most likely (log-p)"):
+            table.add_column(column, justify="right" if column in ("#", "log-p", "after the chain") else "left")
+        for position, step in enumerate(result.logprobs or [], 1):
+            chosen = step.chosen
+            processed = "removed" if chosen.processed is None else f"{chosen.processed:.3f}"
+            top = ", ".join(f"{escape(repr(t.token))} {t.raw:.2f}" for t in step.top)
+            table.add_row(str(position), escape(repr(chosen.token)), f"{chosen.raw:.3f}", processed, top)
+        print_table(table)
 
 
 def stream_texts(prompts: list[str], events, chat: bool):
     """Show text as it comes and return the results.
 
     One prompt: its text as it comes (after the dimmed prompt on a terminal). Several prompts: on a terminal,
-    one live line per prompt; piped, the rows in order — the first as it comes, each next one from where it
-    got to once the previous one has ended — separated by :data:`ROW_SEPARATOR` lines.
+    one live line per prompt; piped, the labelled lines of the piped layout (``[i] text``, whitespace escaped) in
+    order, the first as it comes, each next one from where it got to once the previous one has ended.
     """
     terminal = console.is_terminal
     if len(prompts) > 1 and terminal:
         return _stream_live(prompts, events)
     if terminal:
         console.print(f"[dim]{escape(prompts[0])}[/]" + ("\n" if chat else ""), end="", highlight=False)
+    labelled = len(prompts) > 1
     pending = [""] * len(prompts)
     current = 0
+    sys.stdout.write(f"{label(0)} " if labelled else "")
     for event in events:
         if event.results is not None:
             for row in range(current, len(prompts)):
-                sys.stdout.write(("" if row == current else f"\n{ROW_SEPARATOR}\n") + pending[row])
+                sys.stdout.write(("" if row == current else f"\n{label(row)} ") + pending[row])
             sys.stdout.write("\n")
             sys.stdout.flush()
             return event.results
         for row, text in enumerate(event.texts):
-            pending[row] += text
+            pending[row] += visible(text) if labelled else text
         while True:
             sys.stdout.write(pending[current])
             pending[current] = ""
             if current + 1 < len(prompts) and event.finished[current]:
                 current += 1
-                sys.stdout.write(f"\n{ROW_SEPARATOR}\n")
+                sys.stdout.write(f"\n{label(current)} ")
                 continue
             break
         sys.stdout.flush()
@@ -392,7 +615,6 @@ def stream_texts(prompts: list[str], events, chat: bool):
 
 def _stream_live(prompts: list[str], events):
     from rich.live import Live
-    from rich.text import Text
 
     texts = [""] * len(prompts)
 
@@ -403,7 +625,7 @@ def _stream_live(prompts: list[str], events):
         for row, (prompt, text) in enumerate(zip(prompts, texts)):
             line = Text(prompt, style="dim")
             line.append(text, style="bold" if finished[row] else "")
-            table.add_row(f"{row + 1}.", line)
+            table.add_row(label(row), line)
         return table
 
     with Live(view([False] * len(prompts)), console=console, auto_refresh=False) as live:
@@ -458,6 +680,18 @@ def speculation_table(speculation) -> Table:
     return table
 
 
+def hypotheses_table(search: str, hypotheses) -> Table:
+    """The hypotheses a search returned, in its order, with their scores (and estimator weights, when it gives any)."""
+    weights = any(h.weight is not None for h in hypotheses)
+    table = Table(title=f"the {len(hypotheses)} hypotheses of the '{search}' search, in its order", title_justify="left")
+    for column in ("#", "score", *(["weight (p/q)"] if weights else []), "text"):
+        table.add_column(column, justify="left" if column == "text" else "right")
+    for rank, hypothesis in enumerate(hypotheses, 1):
+        weight = [] if not weights else ["" if hypothesis.weight is None else f"{hypothesis.weight:.4g}"]
+        table.add_row(str(rank), f"{hypothesis.score:.3f}", *weight, escape(repr(hypothesis.text)))
+    return table
+
+
 def candidates_json(candidates) -> list[dict]:
     return [{"token": c.token, "id": c.token_id, "probability": c.probability} for c in candidates]
 
@@ -484,19 +718,19 @@ def explain(
     import torch
 
     import decoders
+    from decoders import driver
     from decoders.explain import walk_prompt
     from decoders.trace import top_candidates
 
-    loaded = load(model)
-    tokenizer = loaded.tokenizer
-    reshape = Strategy.model_validate(
-        {"processors": [{"kind": "temperature", "temperature": temperature}, {"kind": "top_k", "top_k": top_k}],
-         "selector": {"kind": "sample"}}
-    )  # fmt: skip
+    driver.as_prompts(prompt)  # everything that needs no model is checked before it loads
+    reshape = flags_strategy(None, False, None, temperature=temperature, top_k=top_k)
     chosen = with_search(
         Strategy.resolve(strategy) if strategy else reshape, search, user_strategy=strategy is not None,
         num_beams=num_beams, prompt_lookup_num_tokens=prompt_lookup_num_tokens, assistant_model=assistant_model,
     )  # fmt: skip
+    chosen.build()
+    loaded = load(model)
+    tokenizer = loaded.tokenizer
     walk = walk_prompt(prompt, loaded, chat=chat)
     next_logits = walk.logits[:, -1, :].float()
     generator = [torch.Generator().manual_seed(seed)]
@@ -536,13 +770,15 @@ def explain(
                 ],
                 "beam_steps": [r.model_dump(mode="json") for r in result.beam_steps or []],
                 "speculation": None if result.speculation is None else result.speculation.model_dump(mode="json"),
+                "alternatives": [h.model_dump(mode="json", exclude_none=True) for h in result.alternatives],
                 "text": result.text,
+                "score": result.score,
             }
         )  # fmt: skip
     else:
         show = console.print
         show(f"[bold]1. Input text[/]\n  {walk.text!r}", highlight=False)
-        show(token_table(f"2. Tokenization: {len(walk.tokens)} tokens, as the tokenizer spells them → 3. their ids",
+        print_table(token_table(f"2. Tokenization: {len(walk.tokens)} tokens, as the tokenizer spells them → 3. their ids",
                          [(n, repr(t), repr(decode(i)), i)
                           for n, (t, i) in enumerate(zip(walk.tokens, walk.input_ids[0].tolist()), 1)],
                          ("#", "token", "text", "id")))  # fmt: skip
@@ -550,12 +786,12 @@ def explain(
         show(f"\n[bold]4. Model[/]: input ids {list(walk.input_ids.shape)} (batch, tokens) → logits "
              f"{list(walk.logits.shape)} (batch, tokens, vocabulary): one score per vocabulary token at every position;"
              " the last position predicts the next token.\n", highlight=False)  # fmt: skip
-        show(token_table(f"5. Top {top} next tokens (softmax of the last position)",
+        print_table(token_table(f"5. Top {top} next tokens (softmax of the last position)",
                          [(n, repr(c.token), c.token_id, percent(c.probability)) for n, c in enumerate(top_next, 1)],
                          ("#", "token", "id", "probability")))  # fmt: skip
         show(f"\n[bold]6. Choosing[/]: greedy picks {decode(greedy_id)!r} (always the most likely); "
              f"{chosen.describe()} with seed {seed} drew {decode(sampled_id)!r}.\n", highlight=False)  # fmt: skip
-        show(token_table(f"7. Temperature {temperature} then top-k {top_k}, re-normalised",
+        print_table(token_table(f"7. Temperature {temperature} then top-k {top_k}, re-normalised",
                          [(repr(decode(i)), i, percent(float(before[i])), percent(float(reshaped[i]))) for i in reshaped_ids],
                          ("token", "id", "before", "after")))  # fmt: skip
         show(f"\n[bold]8. Step by step[/] with {chosen.describe()} (seed {seed})", highlight=False)
@@ -565,10 +801,8 @@ def explain(
                 show(f"  {n:2}. {beam.score:9.3f}  {walk.text + beam.text!r}", highlight=False)
             for beam in record.finished:
                 show(f"  [green]done[/] {beam.score:9.3f}  {walk.text + beam.text!r} [dim](score / length^penalty)[/]", highlight=False)
-        if result.beam_steps:
-            show(f"\n[bold]result[/] {walk.text + result.text!r} (score {result.score:.3f})", highlight=False)
         if result.speculation is not None:
-            show(speculation_table(result.speculation))
+            print_table(speculation_table(result.speculation))
         text_so_far = walk.text
         for record in result.steps or []:
             stages = " → ".join(f"{st.stage}: {st.survivors} tokens, H {st.entropy:.2f}" for st in record.stages)
@@ -578,13 +812,19 @@ def explain(
                 show(f"  {mark} {n:2}. {c.token!r:<20} {percent(c.probability)}", highlight=False)
             text_so_far += record.chosen.token
             show(f"  [dim]text so far:[/] {text_so_far!r}", highlight=False)
+        if steps and result.steps is None and result.beam_steps is None and result.speculation is None:
+            show(f"[dim]the '{chosen.search.kind}' search records no steps: its sequences are decided at the end[/]",
+                 highlight=False)  # fmt: skip
+        if len(result.alternatives) > 1:
+            print_table(hypotheses_table(chosen.search.kind, result.alternatives))
+        show(f"\n[bold]result[/] {walk.text + result.text!r} (score {result.score:.3f})", highlight=False)
     if plot:
         from decoders.plotting import plot_stages
 
-        if result.beam_steps:
+        if steps and result.steps is None:
             raise StrategyError(
-                f"--plot draws each stage of one chosen token; the '{chosen.search.kind}' search keeps several "
-                "hypotheses (shown above): plot without --search"
+                f"--plot draws each stage of one chosen token, which the '{chosen.search.kind}' search does not "
+                "record (it keeps several hypotheses, shown above): plot without --search"
             )
         written = plot_stages(result.steps or [], plot, title=f"{loaded.name}: {chosen.describe()}")
         error_console.print(f"wrote {written} ({len(result.steps or [])} steps, one row each)")
@@ -609,27 +849,21 @@ def compare(
 ) -> None:
     """One continuation per strategy, side by side (default: greedy, low/high temperature, top-k, top-p, balanced,
     beam search). Strategies that share a search run as one mixed batch."""
-    import decoders
     from decoders.strategy import COMPARE_PRESETS
 
     chosen = {}  # all checked before loading; a strategy given as JSON text is named by its name or its place
     for index, spec in enumerate(strategies or COMPARE_PRESETS):
         strategy = Strategy.resolve(spec)
         chosen[(strategy.name or f"strategy {index + 1}") if is_json_text(spec) else spec] = strategy
+    check_generation([prompt], list(chosen.values()), seed=seed, stream=False, max_new_tokens=max_new_tokens,
+                     stop=None, logprobs=None)  # fmt: skip
     loaded = load(model)
-    by_search: dict[str, list[str]] = {}  # one mixed call per search: the strategies share its forward passes
-    for name, strategy in chosen.items():
-        by_search.setdefault(strategy.search.model_dump_json(), []).append(name)
-    results = {}
-    for names in by_search.values():
-        batch = decoders.generate(
-            [prompt] * len(names), strategy=[chosen[name] for name in names], model=loaded,
-            max_new_tokens=max_new_tokens, seed=[seed] * len(names), chat=chat,
-        )  # fmt: skip
-        results.update(zip(names, batch))
+    results = generate_batches(  # one mixed call per search: the strategies share its forward passes
+        [prompt] * len(chosen), list(chosen.values()), [seed] * len(chosen), model=loaded, max_new_tokens=max_new_tokens,
+        chat=chat,
+    )  # fmt: skip
     rows = []
-    for name, strategy in chosen.items():
-        result = results[name]
+    for (name, strategy), result in zip(chosen.items(), results):
         rows.append({"strategy": name, "description": strategy.description, "chain": strategy.describe(),
                      "text": result.text, "generated_ids": result.generated_ids})  # fmt: skip
     if as_json:
@@ -640,8 +874,8 @@ def compare(
     table.add_column("chain", style="dim")
     table.add_column("continuation")
     for row in rows:
-        table.add_row(row["strategy"], row["chain"], visible(row["text"]))
-    console.print(table)
+        table.add_row(escape(row["strategy"]), escape(row["chain"]), escape(visible(row["text"])))
+    print_table(table)
 
 
 @app.command()
@@ -665,14 +899,15 @@ def plugins(as_json: JsonOption = False) -> None:
     for column in ("kind", "role", "plugin", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["kind"], row["role"], row["plugin"], row["description"])
-    console.print(table)
+        table.add_row(*(escape(row[column]) for column in ("kind", "role", "plugin", "description")))
+    print_table(table)
     installed = Table(title="plugins", title_justify="left")
     for column in ("plugin", "distribution", "version"):
         installed.add_column(column)
     for plugin in loaded:
-        installed.add_row(plugin["name"], plugin["distribution"] or "(registered in code)", plugin["version"] or "")
-    console.print(installed)
+        distribution = plugin["distribution"] or "(registered in code)"
+        installed.add_row(escape(plugin["name"]), escape(distribution), plugin["version"] or "")
+    print_table(installed)
 
 
 @app.command()
@@ -732,7 +967,7 @@ def cache(
     table.add_column("status", no_wrap=True)
     for row in rows:
         table.add_row(escape(row["name"]), escape(row["model"]), size(row["size"]), row["status"])
-    console.print(table)
+    print_table(table)
     total = size(sum(row["size"] for row in rows))
     error_console.print(f"[dim]{total} in all; delete with `decoders cache --clear`[/]", highlight=False)
 
@@ -798,14 +1033,34 @@ def plugin_option_processors() -> list:
     return configs
 
 
+#: the exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``decoders`` console script: clear one-line errors for expected failures.
 
-    Plugin problems (a plugin that failed to load, or clashed) are printed once, as a warning line each.
+    Plugin problems (a plugin that failed to load, or clashed) are printed once, as a warning line each. Ctrl-C
+    exits with status 130 and one line (typer turns it into that status inside a command; before, it is caught here).
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
     """
+    try:
+        run_command(argv)
+    except SystemExit as exc:
+        if exc.code != INTERRUPTED:
+            raise
+    except KeyboardInterrupt:
+        pass
+    else:
+        return
+    error_console.print("interrupted", highlight=False)
+    raise SystemExit(INTERRUPTED)
+
+
+def run_command(argv: list[str] | None) -> None:
+    """Run the command line (see :func:`main`)."""
     import warnings
 
     from decoders.plugins import PluginWarning
@@ -820,8 +1075,8 @@ def main(argv: list[str] | None = None) -> None:
         group(args=argv, prog_name="decoders")
     except (DecodersError, ValidationError) as exc:
         if isinstance(exc, ValidationError):
-            label, message = "invalid strategy", validation_message(exc)
+            kind, message = "invalid strategy", validation_message(exc)
         else:
-            label, message = "error", str(exc)
-        error_console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False)
+            kind, message = "error", str(exc)
+        error_console.print(f"[bold red]{kind}:[/] {escape(message)}", highlight=False)
         raise SystemExit(2) from None

@@ -119,8 +119,9 @@ def test_generate_with_beam_search_and_logprobs(capsys, tiny_gpt2_dir):
     assert [len(r["alternatives"]) for r in data["results"]] == [2, 2]
     assert all(len(step["top"]) == 2 for step in data["results"][0]["logprobs"])
     code, out, _ = run(capsys, *args[:2], *args[3:], "--num-beams", "2", "--num-return-sequences", "2")  # --search implied
-    best = decoders.generate("Once upon", {"search": {"kind": "beam", "num_beams": 2}}, model=str(tiny_gpt2_dir), max_new_tokens=6)
-    assert code == 0 and out == best.text + "\n"  # piped: the best text only (one prompt, not streamed)
+    beams = {"search": {"kind": "beam", "num_beams": 2, "num_return_sequences": 2}}
+    best, second = decoders.generate("Once upon", beams, model=str(tiny_gpt2_dir), max_new_tokens=6).alternatives
+    assert code == 0 and out == f"[0] {best.text}\n[0.1] {second.text}\n"  # piped: every hypothesis, labelled
 
 
 @pytest.mark.parametrize(
@@ -264,10 +265,10 @@ def test_out_of_range_flags_are_refused_by_their_own_name_before_the_model_loads
     assert "processors.0" not in err and "pydantic" not in err and "Traceback" not in err
 
 
-def test_piped_output_is_exactly_the_generated_text_rows_separated(capsys, tiny_gpt2_dir):
+def test_piped_output_is_the_generated_text_one_labelled_line_per_prompt(capsys, tiny_gpt2_dir):
     prompts = ["Once upon", "The quick"]
     expected = decoders.generate(prompts, model=decoders.load_model(tiny_gpt2_dir), max_new_tokens=6)
-    plain = "\n---\n".join(r.text for r in expected) + "\n"
+    plain = "".join(f"[{i}] {r.text}\n" for i, r in enumerate(expected))
     for mode in ("--no-stream", "--stream"):
         code, out, _ = run(capsys, "generate", *prompts, "--model", str(tiny_gpt2_dir), "--max-new-tokens", "6", mode)
         assert code == 0 and out == plain
@@ -359,7 +360,7 @@ def test_explain_shows_each_tokens_text_beside_its_spelling(capsys, tiny_gpt2_di
     data = run_json(capsys, "explain", "The quick brown", "--model", str(tiny_gpt2_dir), "--steps", "1")
     assert "".join(data["token_texts"]) == "The quick brown" and len(data["token_texts"]) == len(data["tokens"])
     code, out, _ = run(capsys, "explain", "The quick brown", "--model", str(tiny_gpt2_dir), "--steps", "1")
-    assert code == 0 and "'Ġ' is a" in out and "│ 'Ġqu' │ ' qu' │" in out  # spelling, then text
+    assert code == 0 and "'Ġ' is a" in out and "| 'Ġqu' | ' qu' |" in out  # spelling, then text (piped: markdown)
 
 
 def test_version_and_help(capsys):
