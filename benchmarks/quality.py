@@ -3,9 +3,10 @@
 Reproduces the kind of comparison in Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration",
 Table 1 (perplexity, Self-BLEU-4, Zipf coefficient, repetition %), plus distinct-2 and mean entropy, and the
 metrics of Su et al. 2022, "A Contrastive Framework for Neural Text Generation" (rep-2/3/4, diversity,
-coherence); see :mod:`decoders.metrics`. Every metric comes with a 95 % bootstrap interval over prompts (each
-drawn prompt with all its seeds), seeded so that the same units give the same intervals. A TOML file says
-what to run (``benchmarks/quality.toml`` is the default).
+coherence), and MAUVE against the human continuations (Pillutla et al. 2021, "MAUVE: Measuring the Gap Between
+Neural Text and Human Text using Divergence Frontiers"); see :mod:`decoders.metrics`. Every metric comes with a
+95 % bootstrap interval over prompts (each drawn prompt with all its seeds), seeded so that the same units give
+the same intervals. A TOML file says what to run (``benchmarks/quality.toml`` is the default).
 
 The work is cut into units, one per (model, strategy, seed, batch of prompts) plus one per (model, batch) for
 the human continuations; a strategy that cannot depend on the seed (greedy selection, no sampling search,
@@ -13,9 +14,11 @@ built-in processors only) has one unit per batch, not one per seed. Units run in
 whose strategies use the single search share one ``decoders.generate`` call (a mixed batch, one strategy and
 seed per row; a row's tokens are the same as in a call of its own, up to the numerics of the batch size), and
 the units of any other search share a call with the other seeds of their strategy. Each unit generates,
-scores its texts under the scoring model, and is written to ``<output>/<name>_units/`` as soon as its call
-finishes; a unit whose file exists is skipped, so an interrupted run resumes where it stopped (a unit's file
-name holds a hash of everything it depends on, so changing the config reruns only what changed). Then the
+scores its texts under the scoring model, takes each text's MAUVE features (see :class:`MauveConfig`), and
+is written to ``<output>/<name>_units/`` as soon as its call finishes; a unit whose file exists is skipped, so
+an interrupted run resumes where it stopped (a unit's file name holds a hash of everything it depends on, so
+changing the config reruns only what changed; the MAUVE features are no part of that hash: a unit whose
+features are missing, or were taken by another featurizer, gets them anew without generating again). Then the
 metrics are computed from the units and written as ``<output>/<name>.json``, ``.csv`` and ``.md``, with
 ``<name>_curves.png`` (metrics vs k, p and temperature, with the intervals as error bars) and
 ``<name>_rank_frequency.png`` (token rank-frequency against the human text).
@@ -33,6 +36,7 @@ of A, so ``--compare top_p_0.95@0 top_p_0.95@1`` compares a strategy with itself
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import hashlib
 import json
@@ -61,7 +65,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "quality.toml"
 HUMAN = "human"
 METRICS = (
     "perplexity", "self_bleu4", "zipf", "repetition_pct", "distinct_2", "mean_entropy", "rep_2", "rep_3", "rep_4",
-    "diversity", "coherence",
+    "diversity", "coherence", "mauve",
 )  # fmt: skip
 #: the n-gram lengths of rep-n and diversity (Su et al. 2022)
 REP_NS = (2, 3, 4)
@@ -75,6 +79,69 @@ INSTALL_PLOTS = "pip install 'decoders-lab[plots]'"
 
 class ConfigError(ValueError):
     """A sweep config that cannot be used; the message names the offending key."""
+
+
+class MauveConfig(BaseModel):
+    """How the sweep measures MAUVE (the ``[mauve]`` table of the config); the defaults are ``mauve-text``'s.
+
+    Each text (prompt + continuation: the human continuation, or a generation) becomes one feature vector from
+    the final hidden states of ``featurizer``, the scoring model by default: a stand-in for the paper's GPT-2
+    large, which cannot be downloaded here, so the values are not comparable with the paper's. The paper takes
+    the state at the text's last token (``pooling = "last"``); the default here is their mean over the text's
+    tokens (``"mean"``), which told degenerate text from human text far better with SmolLM2-135M as the
+    featurizer: on 144 prompts of ``data/botchan_morri1919.jsonl`` (64 tokens, seed 0), greedy against pure
+    sampling, MAUVE 0.59 against 0.92 with the mean (paired difference −0.33 [−0.51, −0.13]) but 0.79 against
+    0.95 with the last token (−0.15 [−0.38, 0.08], no decision). A small model's last state mostly encodes what
+    comes next, not the whole text; GPT-2 large's last state is the summary the paper relies on. Each strategy's
+    texts (Q, all seeds) are compared with the human continuations of the same prompts (P) by
+    :func:`metrics.mauve`, quantised once on all of them; the interval resamples prompts (each drawn prompt
+    with its human text and every seed's text) over that quantisation. Needs ``human = true`` (without it no
+    features are taken); the human row itself has none.
+
+    Args:
+        enabled: measure MAUVE (False: no features are taken and MAUVE is left out).
+        featurizer: the model whose hidden states are the features (what ``decoders.load_model`` accepts); None:
+            the scoring model (``scoring_model``, or each generating model, whose generated token ids are then
+            used as they are).
+        pooling: ``"mean"`` (the mean over the text's tokens, as for coherence) or ``"last"`` (the last token's
+            state, as in the paper).
+        num_buckets: k-means buckets, or ``"auto"`` (``max(2, round(min(|P|, |Q|) / 10))``).
+        kmeans_explained_var: the share of variance the PCA before k-means keeps.
+        kmeans_num_redo: k-means runs from different initialisations (the best is kept).
+        kmeans_max_iter: at most this many k-means iterations per run.
+        divergence_curve_discretization_size: points on the divergence curve.
+        mauve_scaling_factor: the scaling constant ``c`` (5 in the paper).
+        seed: the seed of the k-means initialisations.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    featurizer: str | None = None
+    pooling: Literal["last", "mean"] = "mean"
+    num_buckets: Literal["auto"] | int = "auto"
+    kmeans_explained_var: float = Field(default=metrics.MAUVE_EXPLAINED_VARIANCE, gt=0, lt=1)
+    kmeans_num_redo: int = Field(default=metrics.MAUVE_KMEANS_REDO, ge=1)
+    kmeans_max_iter: int = Field(default=metrics.MAUVE_KMEANS_MAX_ITER, ge=1)
+    divergence_curve_discretization_size: int = Field(default=metrics.MAUVE_CURVE_POINTS, ge=2)
+    mauve_scaling_factor: float = Field(default=metrics.MAUVE_SCALING, gt=0)
+    seed: int = Field(default=metrics.MAUVE_SEED, ge=0)
+
+    @field_validator("num_buckets")
+    @classmethod
+    def _buckets(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 2:
+            raise ValueError(f"at least 2 buckets, or 'auto'; got {value}")
+        return value
+
+    def quantize(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`metrics.mauve_quantize`."""
+        names = {"num_buckets", "kmeans_explained_var", "kmeans_num_redo", "kmeans_max_iter", "seed"}
+        return self.model_dump(include=names)
+
+    def curve(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`metrics.mauve_from_histograms`."""
+        return self.model_dump(include={"divergence_curve_discretization_size", "mauve_scaling_factor"})
 
 
 class QualityConfig(BaseModel):
@@ -101,6 +168,7 @@ class QualityConfig(BaseModel):
         rank_frequency_strategies: the strategies drawn on the rank-frequency plot (None: all).
         bootstrap_resamples: resamples of the prompts behind each interval.
         bootstrap_seed: the seed of the resampling (the same units and seed give the same intervals).
+        mauve: how MAUVE is measured (:class:`MauveConfig`).
 
     Example:
         >>> QualityConfig.model_validate({"strategies": {"greedy": "greedy"}}).max_new_tokens
@@ -126,6 +194,7 @@ class QualityConfig(BaseModel):
     rank_frequency_strategies: list[str] | None = None
     bootstrap_resamples: int = Field(default=1000, ge=100)
     bootstrap_seed: int = Field(default=0, ge=0)
+    mauve: MauveConfig = MauveConfig()
 
     @field_validator("strategies")
     @classmethod
@@ -291,13 +360,15 @@ def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
     Returns:
         each unit's record: for each prompt its index, the seed, the text, continuation token ids, the sum and
         count of the continuation's NLL under the scoring model, the mean entropy of its steps (None for the
-        human text and for beams) and the coherence of prompt and continuation (:func:`metrics.coherence` of
-        the scoring model's mean-pooled embeddings).
+        human text and for beams), the coherence of prompt and continuation (:func:`metrics.coherence` of
+        the scoring model's mean-pooled embeddings) and, unless MAUVE is disabled, the text's MAUVE features
+        (:func:`add_features`).
 
     Example:
         >>> [record] = run_call(config, plan_units(config, strategies)[:1])  # doctest: +SKIP
         >>> record["rows"][0].keys()  # doctest: +SKIP
-        dict_keys(['prompt_index', 'seed', 'text', 'token_ids', 'nll_sum', 'nll_count', 'mean_entropy', 'coherence'])
+        dict_keys(['prompt_index', 'seed', 'text', 'token_ids', 'nll_sum', 'nll_count', 'mean_entropy', 'coherence',
+        'features'])
     """
     loaded = _load(units[0].model)
     first = units[0].batch * config.batch_size
@@ -356,7 +427,68 @@ def run_call(config: QualityConfig, units: list[Unit]) -> list[dict[str, Any]]:
                 "coherence": coherences[row],
             })  # fmt: skip
         records.append({"unit": asdict(unit), "rows": rows})
+    if measures_mauve(config):
+        add_features(config, records)
     return records
+
+
+def measures_mauve(config: QualityConfig) -> bool:
+    """Whether the sweep takes MAUVE features: MAUVE is enabled and there are human continuations to compare with."""
+    return config.mauve.enabled and config.human
+
+
+def featurizer_tag(config: QualityConfig, model: str) -> dict[str, str]:
+    """What a record's MAUVE features were taken with: the featurizing model (see :class:`MauveConfig`) and the
+    pooling. Features with another tag than the config's are taken anew (:func:`run_units`)."""
+    return {"model": config.mauve.featurizer or config.scoring_model or model, "pooling": config.mauve.pooling}
+
+
+def add_features(config: QualityConfig, records: list[dict]) -> None:
+    """Give every row of the records its MAUVE feature vector (in place), and each record its :func:`featurizer_tag`.
+
+    A row's text for the featurizer is its prompt followed by its continuation, as MAUVE featurizes whole texts
+    (the paper's model texts are prompt + generation, its human texts the whole passages): token ids of the
+    prompt, then the row's own continuation ids when the featurizer is the generating model, or its text
+    re-tokenized for another featurizer. The vector (:func:`metrics.continuation_features`, which runs each
+    prompt once for all the rows that continue it) is stored as base64 of little-endian float16 (rounding of
+    2⁻¹¹ relative, far below what moves a text to another k-means bucket).
+    """
+    prompts = read_prompts(config)
+    by_model: dict[str, list[dict]] = {}
+    for record in records:
+        by_model.setdefault(record["unit"]["model"], []).append(record)
+    for model, own in by_model.items():
+        tag = featurizer_tag(config, model)
+        featurizer = _load(tag["model"])
+        rows = [row for record in own for row in record["rows"]]
+        prompt_ids = featurizer.tokenizer([prompts[row["prompt_index"]]["prompt"] for row in rows])["input_ids"]
+        if tag["model"] == model:
+            continuations = [row["token_ids"] for row in rows]
+        else:
+            continuations = featurizer.tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"]
+        vectors = metrics.continuation_features(featurizer, prompt_ids, continuations, pooling=tag["pooling"])
+        for row, vector in zip(rows, vectors):
+            row["features"] = base64.b64encode(vector.numpy().astype("<f2").tobytes()).decode("ascii")
+        for record in own:
+            record["featurizer"] = tag
+
+
+def features_of(rows: list[dict]) -> np.ndarray:
+    """The rows' MAUVE feature vectors as a ``[rows, features]`` array (see :func:`add_features`)."""
+    return np.stack([np.frombuffer(base64.b64decode(row["features"]), dtype="<f2") for row in rows]).astype(np.float64)
+
+
+def _current_features(config: QualityConfig, records: list[dict]) -> list[dict]:
+    """The records, with the MAUVE features left out of those taken otherwise than the config says (or all of
+    them when MAUVE is disabled), so that MAUVE never compares features of two featurizers."""
+    checked = []
+    for record in records:
+        if measures_mauve(config) and record.get("featurizer") == featurizer_tag(config, record["unit"]["model"]):
+            checked.append(record)
+        else:
+            rows = [{k: v for k, v in row.items() if k != "features"} for row in record["rows"]]
+            checked.append({**record, "rows": rows})
+    return checked
 
 
 #: the prompts' embeddings per (scoring model, prompt ids): the calls of one batch of prompts compute them once
@@ -415,7 +547,9 @@ def run_units(
     console: Console | None = None,
 ) -> list[dict]:
     """Run the units that have no file yet (in calls, see :func:`plan_calls`; each file written as its call
-    finishes) and return every unit's record.
+    finishes) and return every unit's record. A unit whose file lacks MAUVE features, or holds features of
+    another featurizer than the config's (:func:`featurizer_tag`), gets them anew here, in this process, and its
+    file is rewritten; its generations are kept.
 
     Args:
         config: the sweep config.
@@ -439,7 +573,20 @@ def run_units(
             progress.update(
                 task, advance=1, description=f"{Path(unit.model).name} · {unit.strategy} · batch {unit.batch}"
             )
-    return [json.loads(u.path(folder).read_text()) for u in units]
+    records = [json.loads(u.path(folder).read_text()) for u in units]
+    if measures_mauve(config):
+        stale = [
+            (unit, record) for unit, record in zip(units, records)
+            if record.get("featurizer") != featurizer_tag(config, unit.model)
+            or any("features" not in row for row in record["rows"])
+        ]  # fmt: skip
+        if stale:  # units from before MAUVE, or from another featurizer: their texts stay, their features are new
+            add_features(config, [record for _, record in stale])
+            for unit, record in stale:
+                path = unit.path(folder)
+                path.with_suffix(".tmp").write_text(json.dumps(record))
+                path.with_suffix(".tmp").replace(path)
+    return records
 
 
 # ---- metrics, tables and plots ------------------------------------------------------------------------------
@@ -454,11 +601,22 @@ class MetricData:
     to the resample's token counts. Two terms are measured once on all the texts, then resampled as they are:
     each text's BLEU against the other texts of its seed, and its share of distinct bigrams (each bigram
     counts ``1 / (its occurrences)``, so the shares add up to the number of distinct bigrams) — resampling the
-    texts themselves would pair a text with its own copy.
+    texts themselves would pair a text with its own copy. MAUVE against the ``reference`` rows (the human
+    continuations) quantises the features of both once, on all the texts (:func:`metrics.mauve_quantize`); a
+    resample is then a weighted pair of bucket histograms (each prompt's human text and every seed's text counted
+    as often as the prompt is drawn), so the interval covers the variation between prompts and seeds, not that
+    of the k-means' own initialisation. In a synthetic trial (Gaussian features, 100 prompts × 3 seeds, 150
+    fresh data sets per shift) the resamples' spread matched the spread of MAUVE over fresh data (sd 0.042,
+    0.076, 0.107 against 0.033, 0.070, 0.117), while quantising each resample anew (its repeated texts make
+    buckets of copies) pulled MAUVE down and widened it (sd 0.062-0.119). Resampling adds noise to the
+    histograms, which lowers MAUVE, so the percentile interval lies mostly below the value.
 
     Args:
         rows: the records' rows (``prompt_index``, ``seed``, ``text``, ``token_ids``, ``nll_sum``, ...).
         prompts: the prompt indices, in the order of the weights (None: those of the rows, sorted).
+        reference: the human continuations' rows, for MAUVE (None: no MAUVE; so too when a row of either side
+            has no ``features``, or the reference misses a prompt).
+        mauve: MAUVE's settings.
 
     Example:
         >>> data = MetricData(rows)  # doctest: +SKIP
@@ -466,7 +624,10 @@ class MetricData:
         (2.9, (2.7, 3.1))
     """
 
-    def __init__(self, rows: list[dict], prompts: list[int] | None = None):
+    def __init__(
+        self, rows: list[dict], prompts: list[int] | None = None, *, reference: list[dict] | None = None,
+        mauve: MauveConfig | None = None,
+    ):  # fmt: skip
         self.prompts = prompts if prompts is not None else sorted({row["prompt_index"] for row in rows})
         position = {prompt: i for i, prompt in enumerate(self.prompts)}
         if {row["prompt_index"] for row in rows} != set(self.prompts):
@@ -498,6 +659,19 @@ class MetricData:
             if row["coherence"] is not None:
                 add("coherence", row["coherence"]), add("coherent_texts", 1)
             np.add.at(self.token_counts[position[row["prompt_index"]]], [vocabulary[t] for t in row["token_ids"]], 1)
+        self.mauve = mauve or MauveConfig()
+        self.mauve_counts: tuple[np.ndarray, np.ndarray] | None = None
+        if reference is not None:
+            human = [row for row in reference if row["prompt_index"] in position]
+            covered = {row["prompt_index"] for row in human} == set(self.prompts)
+            if covered and all("features" in row for row in [*rows, *human]):
+                p_labels, q_labels, buckets = metrics.mauve_quantize(
+                    features_of(human), features_of(rows), **self.mauve.quantize()
+                )
+                counts = np.zeros((2, len(self.prompts), buckets))
+                for side, side_rows, labels in ((0, human, p_labels), (1, rows, q_labels)):
+                    np.add.at(counts[side], ([position[row["prompt_index"]] for row in side_rows], labels), 1)
+                self.mauve_counts = (counts[0], counts[1])
 
     def _adder(self, prompt: int) -> Callable[[str, float], None]:
         def add(name: str, value: float) -> None:
@@ -512,7 +686,12 @@ class MetricData:
 
     def statistic(self, metric: str) -> Callable[[np.ndarray], np.ndarray] | None:
         """The metric as a function of prompt weights ``[B, prompts]`` → ``[B]``; None when it does not apply
-        (mean entropy without a trace, Self-BLEU of single texts)."""
+        (mean entropy without a trace, Self-BLEU of single texts, MAUVE without a reference or features)."""
+        if metric == "mauve":
+            if self.mauve_counts is None:
+                return None
+            human, model = self.mauve_counts
+            return lambda weights: metrics.mauve_from_histograms(weights @ human, weights @ model, **self.mauve.curve())
         if metric == "perplexity":
             return lambda weights: np.exp(self._ratio("nll", "tokens")(weights))
         if metric == "zipf":
@@ -585,12 +764,15 @@ def summarize(config: QualityConfig, strategies: dict[str, decoders.Strategy], r
     bootstrap interval over prompts in ``ci95`` (see :class:`MetricData`).
 
     Perplexity pools the NLL of every token; Self-BLEU-4 is each generation's BLEU against the others of the same
-    seed, averaged; rep-n and diversity pool the n-gram counts (Su et al. 2022); the other metrics pool all
-    generations.
+    seed, averaged; rep-n and diversity pool the n-gram counts (Su et al. 2022); MAUVE compares all of a
+    strategy's generations with the human continuations of the same model's units (None for the human row); the
+    other metrics pool all generations.
     """
     summary = []
-    for (model, name), rows in _by_strategy(records).items():
-        data = MetricData(rows)
+    grouped = _by_strategy(_current_features(config, records))
+    for (model, name), rows in grouped.items():
+        reference = grouped.get((model, HUMAN)) if name != HUMAN else None
+        data = MetricData(rows, reference=reference, mauve=config.mauve)
         values = {metric: data.value(metric) for metric in METRICS}
         intervals = {
             metric: data.interval(metric, resamples=config.bootstrap_resamples, seed=config.bootstrap_seed)
@@ -855,7 +1037,8 @@ def compare(
     """The paired difference A − B of every metric over the same prompts, with its 95 % bootstrap interval.
 
     Both sides are resampled with the same draws of prompts (each drawn prompt with all its seeds), so what the
-    prompts have in common cancels out. A side is a strategy name, or ``name@s,t`` for only seeds ``s`` and
+    prompts have in common cancels out; MAUVE compares each side with the human continuations (needs the human
+    row's records). A side is a strategy name, or ``name@s,t`` for only seeds ``s`` and
     ``t`` of it (a strategy that cannot depend on the seed has the same texts for every seed). Uses the config's
     first model.
 
@@ -868,7 +1051,7 @@ def compare(
         {'a': 2.9, 'b': 36.1, 'difference': -33.2, 'ci95': [-39.0, -28.1], 'excludes_zero': True}
     """
     model = config.models[0]
-    grouped = _by_strategy(records)
+    grouped = _by_strategy(_current_features(config, records))
     sides = []
     for name in (a, b):
         strategy, seeds = _side(name, strategies)
@@ -877,7 +1060,10 @@ def compare(
             raise ConfigError(f"--compare {name}: the sweep has no generations of {strategy} with seeds {sorted(seeds)}")
         sides.append(rows)
     prompts = sorted({row["prompt_index"] for row in sides[0]})
-    data_a, data_b = MetricData(sides[0], prompts), MetricData(sides[1], prompts)
+    references = [None if _side(name, strategies)[0] == HUMAN else grouped.get((model, HUMAN)) for name in (a, b)]
+    data_a, data_b = (
+        MetricData(side, prompts, reference=reference, mauve=config.mauve) for side, reference in zip(sides, references)
+    )
     results = {}
     for metric in METRICS:
         first, second = data_a.statistic(metric), data_b.statistic(metric)
@@ -927,11 +1113,13 @@ def run_compare(config_path: str | Path, a: str, b: str, console: Console | None
     config, strategies = load_config(config_path)
     names = {_side(side, strategies)[0] for side in (a, b)}
     folder = config.output / f"{config.name}_units"
-    units = [u for u in plan_units(config, strategies) if u.strategy in names and u.model == config.models[0]]
+    wanted = names | ({HUMAN} if measures_mauve(config) else set())  # MAUVE's reference
+    units = [u for u in plan_units(config, strategies) if u.strategy in wanted and u.model == config.models[0]]
     missing = [u for u in units if not u.path(folder).is_file()]
     if missing:
         raise ConfigError(
-            f"--compare: {len(missing)} of the {len(units)} units of {' and '.join(sorted(names))} are not in {folder} "
+            f"--compare: {len(missing)} of the {len(units)} units of {' and '.join(sorted(wanted))} are not in "
+            f"{folder} "
             f"(e.g. {missing[0].strategy}, batch {missing[0].batch}): run the sweep first"
         )
     comparison = compare(config, strategies, [json.loads(u.path(folder).read_text()) for u in units], a, b)

@@ -1,5 +1,7 @@
 """Each metric on hand-made inputs whose value is known."""
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -206,3 +208,184 @@ def test_jackknife_interval_of_a_mean_is_the_normal_interval():
     assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half))
     with pytest.raises(ValueError, match="two clusters"):
         metrics.jackknife_interval(mean_of(values[:1]), 1)
+
+
+# ---- MAUVE (Pillutla et al. 2021), checked against the mauve-text package (the `research` extra) -------------
+
+
+def reference_mauve():
+    """The mauve-text package (the `research` extra, which the test extra includes): a failure, not a skip, when
+    it is missing."""
+    try:
+        import mauve
+    except ImportError as exc:
+        pytest.fail(f"the MAUVE tests compare with mauve-text ({exc}): pip install 'decoders-lab[research]'")
+    return mauve
+
+
+def reference_mauve_of_histograms(p, q, points=25, scaling=5.0):
+    """mauve-text's own divergence curve and area (its compute_mauve, from the histograms on)."""
+    reference_mauve()
+    from mauve.compute_mauve import get_divergence_curve_for_multinomials
+    from sklearn.metrics import auc
+
+    x, y = get_divergence_curve_for_multinomials(p, q, np.linspace(1e-6, 1 - 1e-6, points), scaling).T
+    first, second = np.argsort(x), np.argsort(y)
+    return 0.5 * (auc(x[first], y[first]) + auc(y[second], x[second]))
+
+
+def test_mauve_of_histograms_is_mauve_texts():
+    rng = np.random.default_rng(0)
+    cases = [(rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k))) for k in (2, 5, 20, 50)]
+    counts = rng.integers(0, 6, size=(2, 30)).astype(float)  # buckets empty on one side or both
+    counts[:, 0] += 1
+    cases += [(counts[0] / counts[0].sum(), counts[1] / counts[1].sum()), (np.array([0.9, 0.1]), np.array([0.1, 0.9]))]
+    for p, q in cases:
+        for points, scaling in ((25, 5.0), (7, 1.0)):
+            expected = reference_mauve_of_histograms(p, q, points, scaling)
+            got = metrics.mauve_from_histograms(
+                p * 7, q * 3, divergence_curve_discretization_size=points, mauve_scaling_factor=scaling
+            )  # counts: normalised inside
+            assert float(got) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    # vectorised over resamples: a [B, K] batch gives each row's value
+    batch_p, batch_q = rng.dirichlet(np.ones(6), size=4), rng.dirichlet(np.ones(6), size=4)
+    together = metrics.mauve_from_histograms(batch_p, batch_q)
+    assert together.shape == (4,)
+    alone = [float(metrics.mauve_from_histograms(a, b)) for a, b in zip(batch_p, batch_q)]
+    assert together.tolist() == pytest.approx(alone)
+    # equal histograms give 1 (mauve-text's unstable sort of tied points gives 0.75 for two 2-bucket ones)
+    assert float(metrics.mauve_from_histograms([1, 1], [1, 1])) == pytest.approx(1.0, abs=1e-12)
+    assert float(metrics.mauve_from_histograms([2, 3, 5], [2, 3, 5])) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="different shapes"):
+        metrics.mauve_from_histograms([1, 2], [1, 2, 3])
+
+
+def blobs(counts, centres, rng, spread=0.01):
+    return np.vstack([c + spread * rng.normal(size=(n, centres.shape[1])) for c, n in zip(centres, counts)])
+
+
+def test_mauve_equals_mauve_texts_when_the_buckets_are_unambiguous():
+    reference = reference_mauve()
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 16)) * 10
+    p, q = blobs([40, 30, 20, 10], centres, rng), blobs([10, 20, 30, 40], centres, rng)
+    expected = reference.compute_mauve(p_features=p, q_features=q, num_buckets=4).mauve
+    assert metrics.mauve(p, q, num_buckets=4) == pytest.approx(expected, abs=1e-9)
+    blob_histograms = metrics.mauve_from_histograms([40, 30, 20, 10], [10, 20, 30, 40])
+    assert metrics.mauve(p, q, num_buckets=4) == pytest.approx(float(blob_histograms))
+    p_labels, q_labels, buckets = metrics.mauve_quantize(p, q, num_buckets=4)
+    assert buckets == 4 and sorted(np.bincount(p_labels).tolist()) == [10, 20, 30, 40]
+    assert len(set(p_labels[:40].tolist())) == 1 and p_labels[0] == q_labels[0]  # blob 0 is one bucket on both sides
+
+
+def test_mauve_of_gaussian_clouds_agrees_with_mauve_text():
+    """Two clouds of 300 points in 16 dimensions, the second shifted along one axis: both implementations, each
+    averaged over 8 k-means seeds (their spread over seeds is about 0.03 here), agree within 0.05, fall as the
+    shift grows, give about 1 for the same distribution and about 0 for far-apart clouds."""
+    reference = reference_mauve()
+
+    rng = np.random.default_rng(0)
+    human = rng.normal(size=(300, 16))
+    ours, theirs = [], []
+    for shift in (0.0, 1.0, 2.0, 4.0):
+        model = rng.normal(size=(300, 16))
+        model[:, 0] += shift
+        ours.append(np.mean([metrics.mauve(human, model, seed=seed) for seed in range(8)]))
+        theirs.append(
+            np.mean([reference.compute_mauve(p_features=human, q_features=model, seed=seed).mauve for seed in range(8)])
+        )
+    assert ours == pytest.approx(theirs, abs=0.05)
+    assert ours[0] > 0.9 and ours[-1] < 0.05
+    assert ours == sorted(ours, reverse=True)
+    assert metrics.mauve(human, human) == pytest.approx(1.0, abs=1e-12)  # the same texts: the same histogram
+
+
+def test_mauve_pca_is_mauve_texts_normalised_pca():
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(150, 12)) * np.linspace(3, 0.2, 12) + 1.0  # unequal variances, off the origin
+    for share in (0.5, 0.9, 0.99):
+        pca = PCA(n_components=None, whiten=False, random_state=26).fit(normalize(features, norm="l2"))
+        kept = int(np.argmax(np.cumsum(pca.explained_variance_ratio_) >= share)) + 1  # mauve-text's rule
+        expected = pca.transform(normalize(features, norm="l2"))[:, :kept]
+        got = metrics.mauve_pca(features, share)
+        assert got.shape == expected.shape and 1 < kept < 12
+        assert np.abs(got) == pytest.approx(np.abs(expected), abs=1e-9)  # up to each component's sign
+
+
+def test_mauve_defaults_and_determinism():
+    rng = np.random.default_rng(1)
+    human, model = rng.normal(size=(120, 8)), rng.normal(size=(240, 8)) + 0.5
+    # mauve-text's defaults: 'auto' = max(2, round(min(|P|, |Q|) / 10)) buckets
+    _, _, buckets = metrics.mauve_quantize(human, model)
+    assert buckets == 12 and metrics.mauve_buckets(8, 24) == 2 and metrics.mauve_buckets(500, 600) == 50
+    first = metrics.mauve(human, model)
+    assert metrics.mauve(human.copy(), model.copy()) == first  # seeded: the same features, the same value
+    # the defaults are mauve-text's, spelt out
+    reference = reference_mauve()
+    theirs = inspect.signature(reference.compute_mauve).parameters
+    ours = inspect.signature(metrics.mauve).parameters
+    for name in ("num_buckets", "kmeans_explained_var", "kmeans_num_redo", "kmeans_max_iter",
+                 "divergence_curve_discretization_size", "mauve_scaling_factor", "seed"):  # fmt: skip
+        assert ours[name].default == theirs[name].default, name
+    assert first == metrics.mauve(
+        human, model, num_buckets=12, kmeans_explained_var=0.9, kmeans_num_redo=5, kmeans_max_iter=500,
+        divergence_curve_discretization_size=25, mauve_scaling_factor=5, seed=25,
+    )  # fmt: skip
+    assert metrics.mauve(human, model, seed=metrics.MAUVE_SEED) == first
+    assert 0 < first < 1
+    # the scaling constant sharpens the curve: a larger c, a smaller MAUVE for the same histograms
+    sharper, flatter = (metrics.mauve(human, model, mauve_scaling_factor=c) for c in (10, 1))
+    assert sharper < first < flatter
+    with pytest.raises(ValueError, match="same width"):
+        metrics.mauve(human, model[:, :4])
+    with pytest.raises(ValueError, match="at least one text per bucket"):
+        metrics.mauve(human[:3], model[:3], num_buckets=10)
+    with pytest.raises(ValueError, match="num_buckets"):
+        metrics.mauve(human, model, num_buckets="many")
+    with pytest.raises(ValueError, match="kmeans_explained_var"):
+        metrics.mauve(human, model, kmeans_explained_var=1.0)
+
+
+def test_continuation_features_run_each_prompt_once_and_match_the_whole_texts(tiny_model_dir, monkeypatch):
+    loaded = decoders.load_model(tiny_model_dir)
+    prompts = [[5, 6, 7], [9, 10], [5, 6, 7], [5, 6, 7], [11]]
+    continuations = [[12, 13, 14, 15], [], [16], [17, 18], [19, 20, 21]]
+    expected = {pooling: metrics.text_features(loaded, [p + c for p, c in zip(prompts, continuations)], pooling=pooling)
+                for pooling in ("last", "mean")}  # fmt: skip
+    base = loaded.model.base_model
+    forward = base.forward
+    calls = []
+
+    @functools.wraps(forward)
+    def counted(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(base, "forward", counted)
+    for pooling in ("last", "mean"):
+        calls.clear()
+        got = metrics.continuation_features(loaded, prompts, continuations, pooling=pooling, batch_size=2)
+        assert got.tolist() == [pytest.approx(row, abs=1e-5) for row in expected[pooling].tolist()]
+        # each distinct prompt once, then its non-empty continuations, at most 2 a pass (padded to the longest)
+        assert calls == [(1, 3), (2, 4), (1, 2), (1, 2), (1, 1), (1, 3)]
+    with pytest.raises(ValueError, match="one of each"):
+        metrics.continuation_features(loaded, prompts, continuations[:2])
+
+
+def test_text_features_last_token_and_mean(tiny_gpt2_dir):
+    loaded = decoders.load_model(tiny_gpt2_dir)
+    texts = [[5, 6, 7, 8, 9], [10, 11], [12]]
+    last = metrics.text_features(loaded, texts, pooling="last", batch_size=3)
+    mean = metrics.text_features(loaded, texts, pooling="mean", batch_size=3)
+    for row, tokens in enumerate(texts):
+        with torch.no_grad():
+            hidden = loaded.model(torch.tensor([tokens]), output_hidden_states=True).hidden_states[-1][0]
+        assert last[row].tolist() == pytest.approx(hidden[-1].tolist(), abs=1e-5)  # the last token, padding aside
+        assert mean[row].tolist() == pytest.approx(hidden.mean(dim=0).tolist(), abs=1e-5)
+    assert metrics.mean_pooled_embeddings(loaded, texts).tolist() == mean.tolist()
+    with pytest.raises(ValueError, match="pooling"):
+        metrics.text_features(loaded, texts, pooling="max")

@@ -1,7 +1,9 @@
-"""The quality sweep (benchmarks/quality.py) end to end on a tiny model: results, resume, config errors, Ray."""
+"""The quality sweep (benchmarks/quality.py) end to end on a tiny model: results, resume, config errors, Ray, MAUVE;
+and the committed prompt sets."""
 
 import csv
 import importlib.util
+import itertools
 import json
 import math
 import re
@@ -13,7 +15,7 @@ import pytest
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "quality.py"
 REQUIRED = {
     "strategy", "perplexity", "self_bleu4", "zipf", "repetition_pct", "distinct_2", "mean_entropy", "rep_2", "rep_3",
-    "rep_4", "diversity", "coherence", "ci95",
+    "rep_4", "diversity", "coherence", "mauve", "ci95",
 }
 PROMPTS = [
     ("The quick brown fox", " jumps over the lazy dog."),
@@ -89,11 +91,22 @@ def test_sweep_writes_metrics_tables_and_plots(quality, tmp_path, tiny_gpt2_dir)
     assert greedy["generations"] == 4 and greedy["seeds"] == 1 and greedy["tokens"] == 4 * 8
     assert pure["generations"] == 8 and pure["seeds"] == 2 and pure["tokens"] == 8 * 8  # 4 prompts × 2 seeds × 8
     assert 0 < rows[4]["mean_entropy"] <= 1.61  # top-k 5: at most ln 5
+    # MAUVE against the human continuations, for every generated row (the human row has none)
+    assert human["mauve"] is None and human["ci95"]["mauve"] is None
+    for row in rows[1:]:
+        low, high = row["ci95"]["mauve"]
+        assert 0 < row["mauve"] <= 1 and 0 <= low <= high <= 1
     with (out / "tiny.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["strategy"] for r in table] == [r["strategy"] for r in rows]
     assert float(table[2]["perplexity_lo"]) == pytest.approx(pure["ci95"]["perplexity"][0])
+    assert float(table[2]["mauve"]) == pytest.approx(pure["mauve"]) and table[0]["mauve"] == ""
+    assert float(table[2]["mauve_hi"]) == pytest.approx(pure["ci95"]["mauve"][1])
+    assert payload["config"]["mauve"]["pooling"] == "mean" and payload["config"]["mauve"]["num_buckets"] == "auto"
     markdown = (out / "tiny.md").read_text()
+    assert "| coherence | mauve |" in markdown
+    low, high = pure["ci95"]["mauve"]
+    assert f"| {pure['mauve']:.3f} [{low:.3f}, {high:.3f}] |" in markdown
     assert re.search(r"\| pure \| sample \| [\d.]+ \[[\d.]+, [\d.]+\] \|", markdown)
     low, high = pure["ci95"]["rep_4"]
     assert f"| {pure['rep_4']:.3f} [{low:.3f}, {high:.3f}] |" in markdown
@@ -338,3 +351,203 @@ def test_ray_gives_the_local_results(quality, tmp_path, tiny_gpt2_dir, local_ray
     assert [node["NodeManagerAddress"] for node in local_ray.nodes()] == ["127.0.0.1"]
     assert len(records["ray"]) == len(records["local"]) == 10
     assert_same_results(records["ray"], records["local"])
+
+
+# ---- MAUVE through the harness ------------------------------------------------------------------------------
+
+
+def test_mauve_is_the_metric_on_the_scoring_models_features(quality, tmp_path, tiny_gpt2_dir):
+    config, strategies = quality.load_config(write_config(tmp_path, tiny_gpt2_dir, batch_size="4"))
+    records = quality.run_units(config, quality.plan_units(config, strategies))
+    loaded = quality.decoders.load_model(tiny_gpt2_dir)
+    prompt_ids = loaded.tokenizer([p for p, _ in PROMPTS])["input_ids"]
+    rows = {
+        name: [row for r in records if r["unit"]["strategy"] == name for row in r["rows"]] for name in ("human", "pure")
+    }
+    for record in records:
+        assert record["featurizer"] == {"model": str(tiny_gpt2_dir), "pooling": "mean"}
+    # each text's feature: the mean final hidden state of prompt + continuation (the generated ids)
+    for own in rows.values():
+        texts = [prompt_ids[row["prompt_index"]] + row["token_ids"] for row in own]
+        expected = quality.metrics.text_features(loaded, texts, pooling="mean").numpy()
+        assert quality.features_of(own) == pytest.approx(expected, rel=2e-3, abs=2e-3)  # stored as float16
+    # the summary's MAUVE is metrics.mauve of those features, human continuations (P) against all seeds (Q)
+    human, pure = quality.features_of(rows["human"]), quality.features_of(rows["pure"])
+    assert len(human) == 4 and len(pure) == 8
+    expected = quality.metrics.mauve(human, pure)
+    summary = {row["strategy"]: row for row in quality.summarize(config, strategies, records)}
+    assert summary["pure"]["mauve"] == pytest.approx(expected, abs=1e-12)
+    data = quality.MetricData(rows["pure"], reference=rows["human"], mauve=config.mauve)
+    assert data.value("mauve") == pytest.approx(expected, abs=1e-12)
+    # its interval is the percentile bootstrap over prompts of the same statistic, with the sweep's draws
+    statistic = data.statistic("mauve")
+    assert list(summary["pure"]["ci95"]["mauve"]) == list(quality.metrics.bootstrap_interval(statistic, 4))
+    # the human text against itself: the same histogram, MAUVE 1 in every resample
+    itself = quality.MetricData(rows["human"], reference=rows["human"], mauve=config.mauve)
+    assert itself.value("mauve") == pytest.approx(1.0) and itself.interval("mauve") == pytest.approx((1.0, 1.0))
+    assert quality.MetricData(rows["pure"]).statistic("mauve") is None  # no reference, no MAUVE
+
+
+def synthetic_rows(features, seeds=(None,)):
+    """Rows of a record with the given MAUVE features (base64 float16), prompt ``i mod prompts``, each seed's rows
+    in turn, and the same short text and tokens everywhere."""
+    import base64
+
+    import numpy as np
+
+    prompts = len(features) // len(seeds)
+    return [
+        {"prompt_index": i % prompts, "seed": seeds[i // prompts], "text": "a b c d e", "token_ids": [1, 2, 3, 4, 5],
+         "nll_sum": 5.0, "nll_count": 5, "mean_entropy": None, "coherence": None,
+         "features": base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode()}
+        for i, vector in enumerate(features)
+    ]  # fmt: skip
+
+
+def test_mauve_interval_resamples_prompts_and_separates_close_from_far_text(quality):
+    """On synthetic features of 60 prompts: text drawn like the human text scores near 1, shifted text far lower,
+    and the two intervals (resampling prompts, each with its human text and both seeds' texts) do not overlap."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    human = synthetic_rows(rng.normal(size=(60, 8)))
+    close = synthetic_rows(rng.normal(size=(120, 8)), seeds=(0, 1))
+    far = synthetic_rows(rng.normal(size=(120, 8)) + np.eye(8)[0] * 2.5, seeds=(0, 1))
+    settings = quality.MauveConfig()
+    values = {}
+    for name, rows in (("close", close), ("far", far)):
+        data = quality.MetricData(rows, reference=human, mauve=settings)
+        assert data.prompts == list(range(60))
+        human_counts, model_counts = data.mauve_counts
+        assert human_counts.sum() == 60 and model_counts.sum() == 120 and human_counts.shape[1] == 6  # 'auto': 60 / 10
+        assert (model_counts.sum(axis=1) == 2).all()  # each prompt carries both seeds' texts
+        values[name] = (data.value("mauve"), data.interval("mauve", resamples=500, seed=0))
+    assert values["close"][0] > 0.8 and values["far"][0] < 0.4
+    assert values["far"][1][1] < values["close"][1][0]
+    for value, (low, high) in values.values():
+        assert low <= value <= high
+
+
+def test_mauve_features_are_taken_anew_for_old_units_and_another_featurizer(
+    quality, tmp_path, tiny_gpt2_dir, monkeypatch
+):
+    path = write_config(tmp_path, tiny_gpt2_dir, seeds="[0]")
+
+    def run():
+        config, strategies = quality.load_config(path)
+        return quality.run_units(config, quality.plan_units(config, strategies))
+
+    first = run()
+    folder = tmp_path / "out" / "tiny_units"
+    # units written before MAUVE existed: no features in their files
+    for unit_file in folder.rglob("*.json"):
+        record = json.loads(unit_file.read_text())
+        del record["featurizer"]
+        for row in record["rows"]:
+            del row["features"]
+        unit_file.write_text(json.dumps(record))
+    calls = []
+    generate = quality.decoders.generate
+    monkeypatch.setattr(quality.decoders, "generate", lambda *a, **k: calls.append(a) or generate(*a, **k))
+    again = run()
+    assert calls == []  # no text was generated again
+    assert [r["unit"] for r in again] == [r["unit"] for r in first]
+    for record, old in zip(again, first):
+        assert [row["token_ids"] for row in record["rows"]] == [row["token_ids"] for row in old["rows"]]
+        assert quality.features_of(record["rows"]) == pytest.approx(quality.features_of(old["rows"]), abs=2e-3)
+    assert all("features" in row for f in folder.rglob("*.json") for row in json.loads(f.read_text())["rows"])
+    # another pooling is another featurizer: the features change, the texts do not
+    path.write_text(path.read_text().replace("[strategies]", '[mauve]\npooling = "last"\n\n[strategies]'))
+    last = run()
+    assert calls == []
+    assert {json.dumps(r["featurizer"]) for r in last} == {json.dumps({"model": str(tiny_gpt2_dir), "pooling": "last"})}
+    assert quality.features_of(last[0]["rows"]) != pytest.approx(quality.features_of(first[0]["rows"]), abs=1e-2)
+    # features of another featurizer than the config's are never compared: MAUVE is left out until taken anew
+    config, strategies = quality.load_config(path)
+    mean = config.model_copy(update={"mauve": quality.MauveConfig(pooling="mean")})
+    stale = quality.summarize(mean, strategies, last)
+    assert all(row["mauve"] is None for row in stale)
+    assert all(row["mauve"] is not None for row in quality.summarize(config, strategies, last)[1:])
+    # disabled: no features are taken, and MAUVE is left out
+    off = config.model_copy(update={"mauve": quality.MauveConfig(enabled=False)})
+    unit = next(u for u in quality.plan_units(off, strategies) if u.strategy == "greedy")
+    [record] = quality.run_call(off, [unit])
+    assert "features" not in record["rows"][0] and "featurizer" not in record
+    assert all(row["mauve"] is None for row in quality.summarize(off, strategies, last))
+    # so too without the human continuations to compare with
+    alone = config.model_copy(update={"human": False})
+    [record] = quality.run_call(alone, [unit])
+    assert "features" not in record["rows"][0] and not quality.measures_mauve(alone)
+
+
+def test_mauve_with_another_featurizer_retokenizes_the_texts(quality, tmp_path, tiny_gpt2_dir, tiny_model_dir):
+    path = write_config(tmp_path, tiny_gpt2_dir, seeds="[0]")
+    table = f'[mauve]\nfeaturizer = "{tiny_model_dir}"\n\n[strategies]'
+    path.write_text(path.read_text().replace("[strategies]", table))
+    config, strategies = quality.load_config(path)
+    unit = next(u for u in quality.plan_units(config, strategies) if u.strategy == "pure")
+    [record] = quality.run_call(config, [unit])
+    assert record["featurizer"] == {"model": str(tiny_model_dir), "pooling": "mean"}
+    featurizer = quality.decoders.load_model(tiny_model_dir)
+    texts = [
+        featurizer.tokenizer(PROMPTS[row["prompt_index"]][0])["input_ids"]
+        + featurizer.tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        for row in record["rows"]
+    ]
+    expected = quality.metrics.text_features(featurizer, texts, pooling="mean").numpy()
+    assert quality.features_of(record["rows"]) == pytest.approx(expected, rel=2e-3, abs=2e-3)
+
+
+def test_compare_includes_mauve_against_the_human_text(quality, tmp_path, tiny_gpt2_dir):
+    path = write_config(tmp_path, tiny_gpt2_dir)
+    config, strategies = quality.load_config(path)
+    records = quality.run_units(config, quality.plan_units(config, strategies))
+    result = quality.compare(config, strategies, records, "pure", "greedy")["metrics"]["mauve"]
+    summary = {row["strategy"]: row for row in quality.summarize(config, strategies, records)}
+    assert result["a"] == pytest.approx(summary["pure"]["mauve"])
+    assert result["b"] == pytest.approx(summary["greedy"]["mauve"])
+    low, high = result["ci95"]
+    assert low <= high
+    assert "mauve" not in quality.compare(config, strategies, records, "pure", "human")["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ('{ pooling = "max" }', "mauve.pooling"),
+        ("{ num_buckets = 1 }", "mauve.num_buckets"),
+        ("{ kmeans_explained_var = 1.5 }", "mauve.kmeans_explained_var"),
+        ("{ scaling = 5 }", "mauve.scaling"),
+    ],
+)
+def test_bad_mauve_setting_names_the_key(quality, tmp_path, tiny_gpt2_dir, table, named):
+    with pytest.raises(quality.ConfigError, match=rf"(?m)^  {re.escape(named)}\b"):
+        quality.load_config(write_config(tmp_path, tiny_gpt2_dir, mauve=table))
+
+
+# ---- the prompt sets ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_botchan_prompts_hold_200_passages_of_128_smollm2_tokens():
+    """The larger prompt set: at least 200 passages, the fields of the first set, every human continuation at
+    least 128 tokens of the SmolLM2 tokenizer (as the sweep tokenizes it), no passage overlapping another, and a
+    sidecar that names the source, the licence and the package version."""
+    import decoders
+
+    data = Path(__file__).parent.parent / "benchmarks" / "data"
+    rows = [json.loads(line) for line in (data / "botchan_morri1919.jsonl").read_text(encoding="utf-8").splitlines()]
+    first = json.loads((data / "britannica1911_shakespeare.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert len(rows) >= 200 and all(set(row) == set(first) for row in rows)
+    assert [row["id"] for row in rows] == list(range(len(rows)))
+    tokenizer = decoders.load_model(None).tokenizer
+    lengths = [len(ids) for ids in tokenizer([r["continuation"] for r in rows], add_special_tokens=False)["input_ids"]]
+    assert min(lengths) >= 128
+    assert all(len(row["prompt"].split()) == 35 and row["continuation"].startswith(" ") for row in rows)
+    passages = [row["prompt"] + row["continuation"] for row in rows]
+    assert len(set(passages)) == len(rows)
+    for before, after in itertools.pairwise(rows):  # in the novel's order, each after the previous one's end
+        assert before["continuation"][-40:] not in after["prompt"] + after["continuation"]
+    sidecar = json.loads((data / "botchan_morri1919.source.json").read_text(encoding="utf-8"))
+    assert sidecar["passages"] == len(rows) and sidecar["package"] == "sentencepiece==0.2.3"
+    assert "public domain" in sidecar["licence"].lower() and sidecar["continuation_tokens"]["min"] >= 128
