@@ -6,19 +6,23 @@ both ways do the same work). Both ways see the same arrivals in real time:
 
 * **engine**: :class:`decoders.Engine`; a request joins the running batch at the next step after it arrives and
   its rows leave when it ends;
-* **closed batches**: ``decoders.stream`` over every request that has arrived, as one call (one strategy per
-  prompt, a mixed batch); requests that arrive meanwhile wait for the next call.
+* **closed batches**: ``decoders.generate`` over every request that has arrived, as one call (one strategy per
+  prompt, a mixed batch); requests that arrive meanwhile wait for the next call, and a call's results come at its
+  end (what running requests as closed ``generate`` batches gives);
+* **closed batches, streamed**: the same calls through ``decoders.stream``, each row counted done when it reaches its
+  own length (the kindest reading of closed batches: a row's tokens stream out as they come).
 
-Per request: time to first token (arrival → first token) and latency (arrival → last token); overall: output
-tokens per second (all tokens / time from the first arrival to the last token). The generated tokens of the two
-ways are compared request by request.
+Per request: time to first token (arrival → first token; for ``generate``, its return) and latency (arrival →
+last token); overall: output tokens per second (all tokens / time from the first arrival to the last token). The
+generated tokens of the engine and the closed batches are compared request by request. The engine runs first and
+last (the mean of its two runs is compared), the closed ways between.
 
     python benchmarks/engine.py                         # the embedded model, 48 requests; writes results/engine.json
     python benchmarks/engine.py --rate 3 --requests 32  # another arrival rate (requests per second)
     python benchmarks/engine.py --model FOLDER --quick  # a smoke run on a tiny model
 
 Without ``--rate``, the rate is set from a calibration run (closed batches of 8 requests) so that the requests'
-tokens arrive at ``--load`` (default 0.9) times the tokens per second the machine serves them at: a busy machine.
+tokens arrive at ``--load`` (default 0.8) times the tokens per second the machine serves them at: a busy machine.
 Time it with ``OMP_NUM_THREADS=1`` when other work shares the cores (or on a quiet machine).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -65,11 +70,11 @@ def make_requests(count: int, rate: float, seed: int) -> list[dict]:
     return requests
 
 
-def serve_engine(loaded, requests: list[dict]) -> list[dict]:
+def serve_engine(loaded, requests: list[dict], max_rows: int | None = None) -> list[dict]:
     """The engine: add each request when its arrival time comes, step while any is pending."""
     import decoders
 
-    engine = decoders.Engine(loaded, texts=False)
+    engine = decoders.Engine(loaded, max_rows=max_rows)  # texts decoded at every step, as the closed side's stream does
     start, waiting, ids, timings = time.perf_counter(), list(requests), {}, {}
     while waiting or engine.pending:
         now = time.perf_counter() - start
@@ -93,8 +98,9 @@ def serve_engine(loaded, requests: list[dict]) -> list[dict]:
     ]
 
 
-def serve_closed(loaded, requests: list[dict]) -> list[dict]:
-    """Closed batches: one stream call over every request that has arrived; the next call once it has ended."""
+def serve_closed(loaded, requests: list[dict], streamed: bool) -> list[dict]:
+    """Closed batches: one call over every request that has arrived; the next call once it has ended. ``streamed``:
+    a row is done when its own last token streams out; else every row of a call when the call returns."""
     import decoders
 
     start, waiting, rows = time.perf_counter(), list(requests), []
@@ -121,6 +127,8 @@ def serve_closed(loaded, requests: list[dict]) -> list[dict]:
                     tokens[row].append(token)
                     if len(tokens[row]) == batch[row]["max_new_tokens"]:
                         last[row] = now
+        if not streamed:  # generate returns every row at the call's end
+            first = last = dict.fromkeys(range(len(batch)), time.perf_counter() - start)
         rows += [_row(r, first[i], last[i], tokens[i]) for i, r in enumerate(batch)]
     return rows
 
@@ -166,8 +174,10 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model name or folder (default: the embedded model)")
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (default: calibrated)")
-    parser.add_argument("--load", type=float, default=0.9, help="offered load for the calibrated rate")
+    parser.add_argument("--load", type=float, default=0.8, help="offered load for the calibrated rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals and choices")
+    parser.add_argument("--max-rows", type=int, default=None, help="the engine's bound on live rows (default: none)")
+    parser.add_argument("--rate-only", action="store_true", help="print the calibrated rate and stop")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 6 requests, short lengths")
     parser.add_argument("--output", type=Path, default=RESULTS / "engine.json")
     args = parser.parse_args()
@@ -177,14 +187,23 @@ def main() -> None:
     import decoders
 
     loaded = decoders.load_model(args.model)
+    load_before = os.getloadavg()[0]
     if args.quick:
         LENGTHS[:] = [2, 4]
         args.requests = 6
     rate = args.rate or calibrate(loaded, args.load)
+    if args.rate_only:
+        print(f"rate {rate:.3f} requests/s")
+        return
     requests = make_requests(args.requests, rate, args.seed)
     decoders.generate("warm up", "greedy", loaded, max_new_tokens=4)
     results = {}
-    for way, serve in (("engine", serve_engine), ("closed", serve_closed), ("engine_again", serve_engine)):
+    ways = (
+        ("engine", lambda *a: serve_engine(*a, args.max_rows)), ("closed", lambda *a: serve_closed(*a, streamed=False)),
+        ("closed_streamed", lambda *a: serve_closed(*a, streamed=True)),
+        ("engine_again", lambda *a: serve_engine(*a, args.max_rows)),
+    )  # fmt: skip
+    for way, serve in ways:
         rows = serve(loaded, requests)
         results[way] = {"summary": summary(rows), "rows": rows}
         print(way, json.dumps(results[way]["summary"]))
@@ -196,12 +215,16 @@ def main() -> None:
     report = {
         "model": loaded.name,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "load_average_before": load_before,
         "requests": args.requests,
+        "max_rows": args.max_rows,
         "rate_per_s": rate,
         "lengths": LENGTHS,
         "strategies": STRATEGIES,
         "identical_tokens": f"{same} of {len(engine_rows)}",
         "latency_ratio_engine_over_closed": engine_mean / results["closed"]["summary"]["mean_latency_s"],
+        "latency_ratio_engine_over_closed_streamed": engine_mean
+        / results["closed_streamed"]["summary"]["mean_latency_s"],
         "throughput_ratio_engine_over_closed": results["engine"]["summary"]["tokens_per_s"]
         / results["closed"]["summary"]["tokens_per_s"],
         **{way: result["summary"] for way, result in results.items()},
