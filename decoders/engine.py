@@ -229,9 +229,10 @@ class Engine:
         """End a request: it gives no more events and no result, and its rows leave the batch (a request that
         started in a batch of its own with others, as one :func:`generate` call's beam search does, frees its rows
         when that batch ends). Returns whether the request was still queued or running."""
-        found = self._requests.pop(request, None)
+        found = self._requests.get(request)
         if found is None or found.result is not None:
             return False
+        del self._requests[request]
         with torch.inference_mode():
             return self._abort(found)
 

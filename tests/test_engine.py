@@ -137,6 +137,7 @@ def test_abort_frees_rows_and_changes_no_other_row(loaded):
     while engine.pending:
         assert all(e.request != gone for e in engine.step())
     assert engine.result(gone) is None
+    assert not engine.abort(keep) and engine.result(keep) is not None  # a finished request keeps its result
     same(engine.result(keep), solo(loaded, PROMPTS[1], SAMPLED, seed=9, max_new_tokens=12))
     same(engine.result(waiting), solo(loaded, PROMPTS[0], PENALISED, seed=12, max_new_tokens=8))
 
