@@ -338,27 +338,26 @@ class _Generation:
         engine, rows = self.engine, len(self.prompts)
         place = {request: row for row, request in enumerate(self.ids)}
         finished = [engine.result(request) is not None for request in self.ids]
-        step = 0
-        with torch.inference_mode():
-            while engine.pending:
-                events = engine.step()
-                shown = [event for event in events if event.token_id is not None or event.text]
-                for event in events:
-                    if event.error is not None:
-                        raise event.error
-                    finished[place[event.request]] |= event.finished
-                if not shown:
-                    continue
-                token_ids: list[int | None] = [None] * rows
-                texts = [""] * rows
-                records = [None] * rows if self.options.trace else None
-                for event in shown:
-                    row = place[event.request]
-                    token_ids[row], texts[row] = event.token_id, event.text
-                    if records is not None:
-                        records[row] = event.record
-                yield StepEvent(step, token_ids, texts, list(finished), records)
-                step += 1
+        step = 0  # the engine steps in inference mode; the caller's code between events does not
+        while engine.pending:
+            events = engine.step()
+            shown = [event for event in events if event.token_id is not None or event.text]
+            for event in events:
+                if event.error is not None:
+                    raise event.error
+                finished[place[event.request]] |= event.finished
+            if not shown:
+                continue
+            token_ids: list[int | None] = [None] * rows
+            texts = [""] * rows
+            records = [None] * rows if self.options.trace else None
+            for event in shown:
+                row = place[event.request]
+                token_ids[row], texts[row] = event.token_id, event.text
+                if records is not None:
+                    records[row] = event.record
+            yield StepEvent(step, token_ids, texts, list(finished), records)
+            step += 1
         results = Generations(engine.result(request) for request in self.ids)
         steps = max((len(h.generated_ids) for r in results for h in r.alternatives), default=0)
         yield StepEvent(steps, [None] * rows, [""] * rows, [True] * rows, results=results)

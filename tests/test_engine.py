@@ -291,3 +291,10 @@ def test_a_failing_batch_ends_its_requests_with_the_error_and_the_engine_goes_on
     same(engine.result(again), solo(loaded, PROMPTS[0], "greedy", max_new_tokens=4))
     with pytest.raises(decoders.NonFiniteLogitsError):
         decoders.generate(PROMPTS[2], "greedy", (NaNAfter(loaded.model, poison), tokenizer), max_new_tokens=2)
+
+
+def test_code_between_stream_events_does_not_run_in_inference_mode(loaded):
+    import torch
+
+    modes = [torch.is_inference_mode_enabled() for _ in decoders.stream(PROMPTS[0], "greedy", loaded, max_new_tokens=3)]
+    assert modes == [False] * 4
