@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 import decoders
 from decoders import Engine, GenerationError, StrategyError
+from tests.tiny_models import ModelWrapper
 
 PROMPTS = [
     "The quick brown fox",
@@ -253,25 +254,18 @@ def test_async_engine_serves_concurrent_streams_and_aborts_a_closed_one(loaded):
     same(third, solo(loaded, PROMPTS[2], PENALISED, seed=4, max_new_tokens=5))
 
 
-class NaNAfter:
+class NaNAfter(ModelWrapper):
     """Wraps a model: rows whose input holds ``token`` get NaN logits."""
 
     def __init__(self, model, token):
-        self.model, self.token = model, token
-        self.config, self.device = model.config, model.device
+        super().__init__(model)
+        self.token = token
 
     def __call__(self, input_ids=None, **kwargs):
         output = self.model(input_ids=input_ids, **kwargs)
         bad = (input_ids == self.token).any(dim=-1)
         output.logits[bad] = float("nan")
         return output
-
-    @property
-    def forward(self):  # the session reads the keyword names of the wrapped model's forward
-        return self.model.forward
-
-    def parameters(self):
-        return self.model.parameters()
 
 
 def test_a_failing_batch_ends_its_requests_with_the_error_and_the_engine_goes_on(loaded):

@@ -7,29 +7,19 @@ import pytest
 import decoders
 from decoders import GenerationError
 from decoders.driver import LOGIT_COPIES, MEMORY_SHARE
-from tests.tiny_models import make_model, make_tokenizer
+from tests.tiny_models import ModelWrapper, make_model, make_tokenizer
 
 
-class Counting:
+class Counting(ModelWrapper):
     """A model wrapper that counts its forward passes."""
 
     def __init__(self, model):
-        self.model, self.calls = model, 0
-        self.config = model.config
+        super().__init__(model)
+        self.calls = 0
 
     def __call__(self, **kwargs):
         self.calls += 1
         return self.model(**kwargs)
-
-    @property
-    def forward(self):  # the session reads the keyword names of the wrapped model's forward
-        return self.model.forward
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def get_output_embeddings(self):
-        return self.model.get_output_embeddings()
 
 
 @pytest.fixture

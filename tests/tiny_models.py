@@ -59,3 +59,24 @@ def save_tiny_model(folder: Path, shape: str = "gpt2", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class ModelWrapper:
+    """A causal LM seen through a wrapper that changes what calling it does (subclasses override ``__call__``);
+    it passes for the model everywhere else: its config, its forward's keyword names, parameters and head."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.config = model, model.config
+
+    def __call__(self, **kwargs):
+        return self.model(**kwargs)
+
+    @property
+    def forward(self):  # the session reads the keyword names of the wrapped model's forward
+        return self.model.forward
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
