@@ -335,9 +335,18 @@ def register_plugin(plugin: object, name: str) -> Registry:
 
     Example:
         >>> import decoders, types
-        >>> decoders.register_plugin(types.SimpleNamespace(), "nothing")  # doctest: +ELLIPSIS
+        >>> decoders.register_plugin(types.ModuleType("nothing"), "nothing")  # doctest: +ELLIPSIS
+        Registry(...)
+        >>> decoders.unregister_plugin("nothing")  # doctest: +ELLIPSIS
         Registry(...)
     """
+    try:
+        hash(plugin)
+    except TypeError:
+        raise PluginError(
+            f"plugin {name!r} is a {type(plugin).__name__}, which pluggy cannot register (it is not hashable): "
+            "register a module, a class, or an instance of your own class"
+        ) from None
     _extra_plugins[name] = plugin
     return reload_registry()
 

@@ -178,3 +178,11 @@ def test_the_search_example_of_the_plugin_guide_runs(tiny_gpt2_dir):
         ]
     finally:
         decoders.unregister_plugin("first-sampled-example")
+
+
+def test_registering_an_object_pluggy_cannot_hold_is_a_clear_error():
+    import types
+
+    with pytest.raises(decoders.PluginError, match="plugin 'bag' is a SimpleNamespace, which pluggy cannot register"):
+        decoders.register_plugin(types.SimpleNamespace(), "bag")
+    assert "top_k" in decoders.reload_registry().processors  # nothing was left half-registered
