@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +29,7 @@ import torch
 
 from decoders.batch import Batch, Row
 from decoders.chain import Chain
-from decoders.errors import GenerationError
+from decoders.errors import EngineStopped, GenerationError
 from decoders.mixed import MixedChain
 from decoders.processors.base import DecodeContext
 from decoders.results import GenerationResult, Hypothesis
@@ -259,6 +260,16 @@ class Engine:
         return True
 
     @property
+    def live_rows(self) -> int:
+        """How many batch rows the running requests take."""
+        return self._live_rows
+
+    @property
+    def queued(self) -> int:
+        """How many requests wait for rows."""
+        return len(self._queue)
+
+    @property
     def pending(self) -> int:
         """How many requests are queued or running."""
         return sum(1 for r in self._requests.values() if r.result is None and not r.aborted)
@@ -471,7 +482,7 @@ class AsyncEngine:
         Call it from a running event loop: the events are delivered on that loop.
         """
         if self._closed:
-            raise GenerationError("this engine runner is closed: make a new AsyncEngine")
+            raise EngineStopped(self._stopped_message())
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         with self._lock:
             request = self.engine.add(prompt, strategy, **options)
@@ -488,16 +499,16 @@ class AsyncEngine:
         """The request's events as they come; the last one carries its result. Closing the iterator early aborts
         the request."""
         request, queue = self.submit(prompt, strategy, **options)
-        finished = False
+        ended = False
         try:
-            while not finished:
+            while not ended:  # a row may end a step before its search decides its result (speculative decoding)
                 event = await queue.get()
-                finished = event.finished
+                ended = event.result is not None or event.error is not None
                 if event.error is not None:
                     raise event.error
                 yield event
         finally:
-            if not finished:
+            if not ended:
                 self.abort(request)
 
     async def generate(self, prompt: str, strategy: Any = None, **options: Any) -> GenerationResult:
@@ -526,21 +537,37 @@ class AsyncEngine:
         self._thread.join()
 
     def _work(self) -> None:
-        while not self._closed:
-            with self._lock:
-                busy = self.engine.pending > 0
-                if busy:
-                    self._deliver(self.engine.step())
-            if not busy:
-                self._wake.wait()
-                self._wake.clear()
+        try:
+            while not self._closed:
+                with self._lock:
+                    busy = self.engine.pending > 0
+                    if busy:
+                        self._deliver(self.engine.step())
+                if not busy:
+                    self._wake.wait()
+                    self._wake.clear()
+        except BaseException as error:  # a failure outside any batch: nothing can step any more
+            logging.getLogger("decoders.engine").error("the engine's thread stopped", exc_info=error)
+            self._error, self._closed = error, True
+            stopped = EngineStopped(self._stopped_message())
+            targets, self._queues = list(self._queues.items()), {}
+            for request, (loop, queue) in targets:
+                loop.call_soon_threadsafe(queue.put_nowait, RequestEvent(request, 0, None, "", True, error=stopped))
+
+    def _stopped_message(self) -> str:
+        cause = "" if self._error is None else f" ({type(self._error).__name__}; it was logged)"
+        return f"the engine has stopped{cause}: start a new one"
+
+    @property
+    def alive(self) -> bool:
+        """Whether the stepping thread runs (False after a failure or :meth:`close`)."""
+        return self._thread.is_alive() and not self._closed
 
     def _deliver(self, events: list[RequestEvent]) -> None:
         for event in events:
             target = self._queues.get(event.request)
             if target is not None:
                 target[0].call_soon_threadsafe(target[1].put_nowait, event)
-                if event.finished:
-                    del self._queues[event.request]
-            if event.finished:
+            if event.result is not None or event.error is not None:
+                self._queues.pop(event.request, None)
                 self.engine.pop_result(event.request)  # the event carries the result: nothing to keep

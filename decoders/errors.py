@@ -33,3 +33,7 @@ def validation_message(error: Exception) -> str:
         message = problem.get("msg", "").removeprefix("Value error, ")
         lines.append(f"{path}: {message}" if path else message)
     return "\n".join(lines) or str(error)
+
+
+class EngineStopped(DecodersError):
+    """An engine's stepping thread has stopped (a bug or an exhausted machine): it cannot generate any more."""

@@ -292,3 +292,18 @@ def test_code_between_stream_events_does_not_run_in_inference_mode(loaded):
 
     modes = [torch.is_inference_mode_enabled() for _ in decoders.stream(PROMPTS[0], "greedy", loaded, max_new_tokens=3)]
     assert modes == [False] * 4
+
+
+def test_async_engine_waits_for_a_result_decided_after_the_rows_end(loaded):
+    """Speculative decoding's rows end a step before the search returns its result: the stream waits for it."""
+    import asyncio
+
+    from decoders.engine import AsyncEngine
+
+    strategy = {"search": {"kind": "speculative", "prompt_lookup_num_tokens": 3}}
+    runner = AsyncEngine(Engine(loaded))
+    try:
+        result = asyncio.run(runner.generate(PROMPTS[3], strategy, max_new_tokens=6))
+    finally:
+        runner.close()
+    same(result, solo(loaded, PROMPTS[3], strategy, max_new_tokens=6))
