@@ -325,7 +325,9 @@ def test_compare_runs_the_strategies_of_one_search_in_one_batch(capsys, tiny_gpt
 
     calls = []
     real = decoders.generate
-    monkeypatch.setattr(decoders, "generate", lambda prompts, **kw: calls.append(len(prompts)) or real(prompts, **kw))
+    monkeypatch.setattr(
+        decoders, "generate", lambda prompts, *args, **kw: calls.append(len(prompts)) or real(prompts, *args, **kw)
+    )
     names = ["greedy", "top_k", "top_p", "beam_search", "balanced"]
     args = ["--model", str(tiny_gpt2_dir), "--max-new-tokens", "6", "--seed", "4"]
     data = run_json(capsys, "compare", "The quick", *args, *[a for name in names for a in ("-s", name)])
