@@ -1037,6 +1037,11 @@ def plugin_option_processors() -> list:
 INTERRUPTED = 130
 
 
+from decoders.serve.cli import serve as serve_command  # noqa: E402 - typer only; the server's libraries load when it runs
+
+app.command(name="serve")(serve_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``decoders`` console script: clear one-line errors for expected failures.
 
