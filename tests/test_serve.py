@@ -658,13 +658,17 @@ def test_admission_mirrors_the_engine_queue():
 # ---- the command -------------------------------------------------------------------------------------------------
 
 
+#: the `decoders` command, as its console script runs it
+DECODERS = [sys.executable, "-c", "from decoders.cli import main; main()"]
+
+
 def test_the_serve_command_starts_a_server_that_checks_the_api_key(model_dir):
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "decoders.serve", "--model", str(model_dir), "--port", str(port), "--api-key", "k3y",
+    command = [*DECODERS, "serve", "--model", str(model_dir), "--port", str(port), "--api-key", "k3y",
                "--max-rows", "4", "--served-model-name", MODEL, "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -690,9 +694,7 @@ def test_the_serve_command_starts_a_server_that_checks_the_api_key(model_dir):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    bad = subprocess.run(
-        [sys.executable, "-m", "decoders.serve", "--dtype", "float16"], check=False, capture_output=True, text=True
-    )
+    bad = subprocess.run([*DECODERS, "serve", "--dtype", "float16"], check=False, capture_output=True, text=True)
     assert bad.returncode == 2 and "float32 or bfloat16" in bad.stderr
 
 
