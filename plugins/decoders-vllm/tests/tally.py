@@ -38,8 +38,7 @@ def _check(context: decoders.DecodeContext, input_ids: torch.Tensor, histories: 
 
 
 class Tally(decoders.Processor):
-    def configure(self, config):
-        super().configure(config)
+    def __init__(self):
         self.histories: list[list[int]] = []
 
     def reset(self, context):
@@ -65,8 +64,7 @@ class Tally(decoders.Processor):
 
 
 class OldTally(decoders.Processor):
-    def configure(self, config):
-        super().configure(config)
+    def __init__(self):
         self.histories: list[list[int]] | None = None
 
     def reset(self, context):
@@ -100,6 +98,9 @@ class OldTally(decoders.Processor):
 class Explode(decoders.Processor):
     """Raises in ``process`` once a row has ``after`` generated tokens (a chain failing mid-generation)."""
 
+    def __init__(self, after: int):
+        self.after = after
+
     def process(self, input_ids, logits):
         start = self.context.generated_start(input_ids)
         lengths = input_ids.shape[-1] - (start if isinstance(start, int) else start.min().item())
@@ -110,18 +111,24 @@ class Explode(decoders.Processor):
 
 class TallyConfig(decoders.ProcessorConfig):
     kind: Literal["tally"] = "tally"
-    builds = Tally
+
+    def build(self) -> Tally:
+        return Tally()
 
 
 class OldTallyConfig(decoders.ProcessorConfig):
     kind: Literal["old_tally"] = "old_tally"
-    builds = OldTally
+
+    def build(self) -> OldTally:
+        return OldTally()
 
 
 class ExplodeConfig(decoders.ProcessorConfig):
     kind: Literal["explode"] = "explode"
-    builds = Explode
     after: int = 0
+
+    def build(self) -> Explode:
+        return Explode(self.after)
 
 
 @decoders.hookimpl
