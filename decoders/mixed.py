@@ -12,7 +12,6 @@ so that every row sees exactly the numbers a single-strategy run gives it); :fun
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
