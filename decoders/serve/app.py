@@ -377,22 +377,14 @@ class Server:
         ident = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self._stream(job, self._completion_chunks(job, body, ident, prompts))
-        subs = await self._collect(job, request)
-        choices = []
-        for sub in subs:
-            for rank, hypothesis in enumerate(mapping.choice_hypotheses(sub.result, plan)):
-                logprobs = None
-                if plan.logprobs is not None:
-                    steps = mapping.visible_logprobs(hypothesis, self.engine.eos_token_ids)
-                    logprobs = mapping.completion_logprobs(steps, plan.logprobs, len(prompts[sub.prompt]))
-                text = (prompts[sub.prompt] if body.echo else "") + hypothesis.text
-                choices.append({"index": job.choice_index(sub, rank), "text": text, "logprobs": logprobs,
-                                "finish_reason": mapping.finish_reason(hypothesis.finish_reason)})  # fmt: skip
-        return self._json({
-            "id": ident, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
-            "system_fingerprint": self.fingerprint, "choices": sorted(choices, key=lambda c: c["index"]),
-            "usage": mapping.usage(*job.token_counts()),
-        })  # fmt: skip
+        choices = [
+            {"index": index, "text": (prompts[sub.prompt] if body.echo else "") + hypothesis.text,
+             "logprobs": None if steps is None
+             else mapping.completion_logprobs(steps, plan.logprobs, len(prompts[sub.prompt])),
+             "finish_reason": mapping.finish_reason(hypothesis.finish_reason)}
+            for sub, index, hypothesis, steps in self._ranked(job, await self._collect(job, request), plan)
+        ]  # fmt: skip
+        return self._response(ident, "text_completion", choices, job)
 
     async def chat_completions(self, request):
         body = await self._body(request, ChatCompletionRequest)
@@ -413,26 +405,33 @@ class Server:
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self._stream(job, self._chat_chunks(job, body, ident))
-        subs = await self._collect(job, request)
-        choices = []
+        choices = [
+            {"index": index, "message": {"role": "assistant", "content": hypothesis.text, "refusal": None},
+             "logprobs": None if steps is None else mapping.chat_logprobs(steps, plan.logprobs),
+             "finish_reason": mapping.finish_reason(hypothesis.finish_reason)}
+            for _, index, hypothesis, steps in self._ranked(job, await self._collect(job, request), plan)
+        ]  # fmt: skip
+        return self._response(ident, "chat.completion", choices, job)
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+
+    def _ranked(self, job, subs, plan):
+        """Every choice of a finished request: ``(sub-request, choice index, hypothesis, its visible log-prob steps
+        or None)``."""
         for sub in subs:
             for rank, hypothesis in enumerate(mapping.choice_hypotheses(sub.result, plan)):
-                logprobs = None
+                steps = None
                 if plan.logprobs is not None:
                     steps = mapping.visible_logprobs(hypothesis, self.engine.eos_token_ids)
-                    logprobs = mapping.chat_logprobs(steps, plan.logprobs)
-                choices.append({
-                    "index": job.choice_index(sub, rank),
-                    "message": {"role": "assistant", "content": hypothesis.text, "refusal": None},
-                    "logprobs": logprobs, "finish_reason": mapping.finish_reason(hypothesis.finish_reason),
-                })  # fmt: skip
+                yield sub, job.choice_index(sub, rank), hypothesis, steps
+
+    def _response(self, ident: str, kind: str, choices: list[dict], job):
+        """A non-streamed response: its choices in index order and the usage."""
         return self._json({
-            "id": ident, "object": "chat.completion", "created": int(time.time()), "model": self.model_name,
+            "id": ident, "object": kind, "created": int(time.time()), "model": self.model_name,
             "system_fingerprint": self.fingerprint, "choices": sorted(choices, key=lambda c: c["index"]),
             "usage": mapping.usage(*job.token_counts()),
         })  # fmt: skip
-
-    # ---- helpers -----------------------------------------------------------------------------------------------
 
     async def _body(self, request, schema: type[BaseModel]) -> Any:
         """The JSON body, read (bounded), parsed and validated; 400 naming the field otherwise; 404 for a model
