@@ -79,8 +79,9 @@ def test_requests_joining_at_different_steps_equal_their_solo_runs(loaded):
         {"selector": {"kind": "sample"}, "search": {"kind": "best_of", "n": 3}},
         {"selector": {"kind": "sample"}, "search": {"kind": "stochastic_beam", "num_beams": 3}},
         {"search": {"kind": "speculative", "prompt_lookup_num_tokens": 4}},
+        {"processors": [{"kind": "repetition_penalty", "repetition_penalty": 1.2}], "search": {"kind": "dola"}},
     ],
-    ids=["beam", "contrastive", "best_of", "stochastic_beam", "speculative"],
+    ids=["beam", "contrastive", "best_of", "stochastic_beam", "speculative", "dola"],
 )
 def test_every_search_runs_through_the_engine_beside_joining_requests(loaded, strategy):
     """A request of each search joins a running batch at step 2 and equals its solo run (its alternatives too);
